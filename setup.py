@@ -1,0 +1,63 @@
+"""Build: Cython wrappers in fastproxy/_native over plain C99 in csrc/.
+
+A C or Cython error fails the build; there is no pure-Python fallback.
+Switches (as uvloop's build_ext does):
+  --cython-always    regenerate the C from the .pyx even when it looks current
+  --cython-annotate  write Cython's annotated HTML next to each .pyx
+  --debug-native     -O0 -g and assertions, for gdb/valgrind
+"""
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext as _build_ext
+
+CFLAGS = ["-std=gnu99", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+          "-Wno-unused-function", "-fno-strict-aliasing"]
+
+NATIVE = {
+    # module: the csrc files it wraps
+    "shm": ["csrc/shmtable.c"],
+    "relay": ["csrc/relay.c", "csrc/sockops.c"],  # L4 path: splice pump + socket seam
+}
+
+
+class build_ext(_build_ext):
+    user_options = _build_ext.user_options + [
+        ("cython-always", None, "regenerate C from .pyx unconditionally"),
+        ("cython-annotate", None, "emit Cython annotated HTML"),
+        ("debug-native", None, "build the C without optimisation, with asserts"),
+    ]
+    boolean_options = _build_ext.boolean_options + ["cython-always", "cython-annotate", "debug-native"]
+
+    def initialize_options(self):
+        super().initialize_options()
+        self.cython_always = False
+        self.cython_annotate = False
+        self.debug_native = bool(os.environ.get("FASTPROXY_DEBUG_BUILD"))
+
+    def finalize_options(self):
+        from Cython.Build import cythonize
+
+        directives = {"language_level": "3", "boundscheck": False, "wraparound": False,
+                      "cdivision": True, "embedsignature": True}
+        self.distribution.ext_modules = cythonize(
+            self.distribution.ext_modules, compiler_directives=directives,
+            force=self.cython_always, annotate=self.cython_annotate)
+        super().finalize_options()
+
+    def build_extensions(self):
+        for ext in self.extensions:
+            if self.debug_native:
+                ext.extra_compile_args = [f for f in ext.extra_compile_args if not f.startswith("-O")]
+                ext.extra_compile_args += ["-O0", "-g3", "-UNDEBUG"]
+        super().build_extensions()
+
+
+setup(
+    ext_modules=[
+        Extension(f"fastproxy._native.{name}", [f"fastproxy/_native/{name}.pyx", *srcs],
+                  include_dirs=["csrc"], extra_compile_args=CFLAGS)
+        for name, srcs in NATIVE.items()
+    ],
+    cmdclass={"build_ext": build_ext},
+)
