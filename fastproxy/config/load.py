@@ -1,0 +1,248 @@
+"""Turns a config document (YAML/JSON text or a parsed dict) into a validated Config.
+
+Pure: no I/O beyond the caller handing in text and an environment mapping.
+Every error is a ConfigError naming the field path.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from .env import coerce, settings_from_env
+from .schema import (
+    LB_POLICIES,
+    RESERVED_CLUSTERS,
+    SETTINGS,
+    SETTINGS_BY_NAME,
+    TRAFFIC_DIRECTIONS,
+    Cluster,
+    Config,
+    ConfigError,
+    Endpoint,
+    Listener,
+    SocketAddress,
+    TcpProxy,
+    _cpu_count,
+)
+
+_TOP_KEYS = {"settings", "listeners", "clusters"}
+
+
+def parse_text(text: str | bytes, source: str = "config") -> dict[str, Any]:
+    """YAML (a superset of JSON) text to a mapping."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{source}: not valid YAML or JSON{where}: {getattr(e, 'problem', e)}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError("", f"{source}: the document must be a mapping, got {type(doc).__name__}")
+    return doc
+
+
+def default_document(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The embedded default: capture listeners on outbound_port and inbound_port."""
+    text = resources.files("fastproxy.config").joinpath("default.yaml").read_text()
+    text = text.replace("{outbound_port}", str(settings["outbound_port"]))
+    text = text.replace("{inbound_port}", str(settings["inbound_port"]))
+    return parse_text(text, "default config")
+
+
+def load(doc: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Validates doc; FASTPROXY_* variables in environ override its settings."""
+    _no_unknown(doc, _TOP_KEYS, "")
+    settings = _settings(doc.get("settings", {}), environ or {})
+    if "listeners" in doc:
+        listeners_doc = doc["listeners"]
+    else:
+        listeners_doc = default_document(settings)["listeners"]
+    clusters = _list(doc.get("clusters", []), "clusters", _cluster)
+    listeners = _list(listeners_doc, "listeners", _listener)
+    _unique([c.name for c in clusters], "clusters", "name")
+    _unique([l.name for l in listeners], "listeners", "name")
+    cluster_names = {c.name for c in clusters}
+    seen_addr: dict[SocketAddress, str] = {}
+    for i, l in enumerate(listeners):
+        if l.tcp_proxy and l.tcp_proxy.cluster not in cluster_names and l.tcp_proxy.cluster not in RESERVED_CLUSTERS:
+            raise ConfigError(f"listeners[{i}].tcp_proxy.cluster", f"no cluster named {l.tcp_proxy.cluster!r}")
+        for j, a in enumerate((l.address, *l.additional_addresses)):
+            where = f"listeners[{i}].address" if j == 0 else f"listeners[{i}].additional_addresses[{j - 1}]"
+            if a in seen_addr:
+                raise ConfigError(where, f"{a} is already used by listener {seen_addr[a]!r}")
+            seen_addr[a] = l.name
+    return Config(settings=settings, listeners=tuple(listeners), clusters=tuple(clusters))
+
+
+def load_text(text: str | bytes, environ: Mapping[str, str] | None = None, source: str = "config") -> Config:
+    return load(parse_text(text, source), environ)
+
+
+def load_default(environ: Mapping[str, str] | None = None) -> Config:
+    return load({}, environ)
+
+
+# -- pieces --------------------------------------------------------------------
+
+def _no_unknown(doc: Any, allowed: set[str], path: str) -> None:
+    if not isinstance(doc, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {_kind(doc)}")
+    for k in doc:
+        if k not in allowed:
+            where = f"{path}.{k}" if path else str(k)
+            raise ConfigError(where, f"unknown field (expected one of: {', '.join(sorted(allowed))})")
+
+
+def _kind(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _list(doc: Any, path: str, item) -> list:
+    if not isinstance(doc, list):
+        raise ConfigError(path, f"expected a list, got {_kind(doc)}")
+    return [item(x, f"{path}[{i}]") for i, x in enumerate(doc)]
+
+
+def _unique(names: list[str], path: str, key: str) -> None:
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ConfigError(f"{path}[{i}].{key}", f"duplicate {key} {n!r} (also {path}[{seen[n]}])")
+        seen[n] = i
+
+
+def _settings(doc: Any, environ: Mapping[str, str]) -> dict[str, Any]:
+    _no_unknown(doc, set(SETTINGS_BY_NAME), "settings")
+    out = {}
+    for s in SETTINGS:
+        if s.name in doc:
+            out[s.name] = coerce(s, doc[s.name], f"settings.{s.name}")
+        else:
+            out[s.name] = s.default
+    out.update(settings_from_env(environ))
+    if out["workers"] is None:
+        out["workers"] = _cpu_count()
+    _ip(out["admin_address"], "settings.admin_address")
+    _ip(out["inbound_passthrough_source"], "settings.inbound_passthrough_source")
+    return out
+
+
+def _str(doc: Mapping, key: str, path: str, required: bool = True, default: str | None = None) -> str | None:
+    if key not in doc:
+        if required:
+            raise ConfigError(f"{path}.{key}", "required field is missing")
+        return default
+    v = doc[key]
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{path}.{key}", f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _bool(doc: Mapping, key: str, path: str, default: bool) -> bool:
+    v = doc.get(key, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{path}.{key}", f"expected true or false, got {v!r}")
+    return v
+
+
+def _int(doc: Mapping, key: str, path: str, default: int | None, lo: int, hi: int) -> int | None:
+    v = doc.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{path}.{key}", f"expected an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise ConfigError(f"{path}.{key}", f"must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def _ip(text: str, path: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(path, f"expected an IP address, got {text!r}") from None
+
+
+def socket_address(v: Any, path: str) -> SocketAddress:
+    """'1.2.3.4:80' or '[::1]:80' (an IP literal: static endpoints, no DNS)."""
+    if not isinstance(v, str):
+        raise ConfigError(path, f"expected host:port, got {v!r}")
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(path, f"expected host:port, got {v!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ConfigError(path, f"brackets are for IPv6 addresses, got {v!r}")
+    elif ":" in host:
+        raise ConfigError(path, f"an IPv6 address needs brackets, as in [::1]:80, got {v!r}")
+    try:
+        ip = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ConfigError(path, f"expected an IP address before the port, got {host!r}") from None
+    p = int(port)
+    if not 0 <= p <= 65535:
+        raise ConfigError(path, f"port out of range: {p}")
+    return SocketAddress(ip, p)
+
+
+def _endpoint(doc: Any, path: str) -> Endpoint:
+    _no_unknown(doc, {"address", "weight"}, path)
+    addr = socket_address(doc.get("address"), f"{path}.address")
+    if addr.port == 0:
+        raise ConfigError(f"{path}.address", "an endpoint needs a non-zero port")
+    return Endpoint(address=addr, weight=_int(doc, "weight", path, 1, 1, 1000))
+
+
+def _cluster(doc: Any, path: str) -> Cluster:
+    _no_unknown(doc, {"name", "endpoints", "connect_timeout_ms", "lb_policy"}, path)
+    name = _str(doc, "name", path)
+    if name in RESERVED_CLUSTERS:
+        raise ConfigError(f"{path}.name", f"{name!r} is reserved for the proxy's own use")
+    endpoints = tuple(_list(doc.get("endpoints", []), f"{path}.endpoints", _endpoint))
+    if not endpoints:
+        raise ConfigError(f"{path}.endpoints", "a cluster needs at least one endpoint")
+    lb = _str(doc, "lb_policy", path, required=False, default="ROUND_ROBIN")
+    if lb not in LB_POLICIES:
+        raise ConfigError(f"{path}.lb_policy", f"expected one of {', '.join(LB_POLICIES)}, got {lb!r}")
+    return Cluster(name=name, endpoints=endpoints, lb_policy=lb,
+                   connect_timeout_ms=_int(doc, "connect_timeout_ms", path, None, 1, 3_600_000))
+
+
+def _listener(doc: Any, path: str) -> Listener:
+    _no_unknown(doc, {"name", "address", "additional_addresses", "bind_to_port", "use_original_dst",
+                      "traffic_direction", "tcp_proxy"}, path)
+    name = _str(doc, "name", path)
+    address = socket_address(doc.get("address"), f"{path}.address")
+    extra = doc.get("additional_addresses", [])
+    if not isinstance(extra, list):
+        raise ConfigError(f"{path}.additional_addresses", f"expected a list, got {_kind(extra)}")
+    additional = tuple(socket_address(a, f"{path}.additional_addresses[{i}]") for i, a in enumerate(extra))
+    bind = _bool(doc, "bind_to_port", path, True)
+    orig = _bool(doc, "use_original_dst", path, False)
+    direction = _str(doc, "traffic_direction", path, required=False, default="UNSPECIFIED")
+    if direction not in TRAFFIC_DIRECTIONS:
+        raise ConfigError(f"{path}.traffic_direction", f"expected one of {', '.join(TRAFFIC_DIRECTIONS)}, got {direction!r}")
+    tcp = None
+    if "tcp_proxy" in doc:
+        _no_unknown(doc["tcp_proxy"], {"cluster"}, f"{path}.tcp_proxy")
+        tcp = TcpProxy(cluster=_str(doc["tcp_proxy"], "cluster", f"{path}.tcp_proxy"))
+    if orig:
+        if direction == "UNSPECIFIED":
+            raise ConfigError(f"{path}.traffic_direction", "a use_original_dst listener must say INBOUND or OUTBOUND")
+        if tcp is not None:
+            raise ConfigError(f"{path}.tcp_proxy", "a use_original_dst listener routes by original destination; remove tcp_proxy")
+        if not bind:
+            raise ConfigError(f"{path}.bind_to_port", "a use_original_dst listener must bind its port")
+    elif tcp is None:
+        raise ConfigError(f"{path}.tcp_proxy", "required: the cluster this listener relays to")
+    if bind and address.port == 0:
+        raise ConfigError(f"{path}.address", "a bound listener needs a non-zero port")
+    return Listener(name=name, address=address, additional_addresses=additional, bind_to_port=bind,
+                    use_original_dst=orig, traffic_direction=direction, tcp_proxy=tcp)

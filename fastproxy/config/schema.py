@@ -1,0 +1,125 @@
+"""The configuration schema: every field, its type, default and meaning, declared once.
+
+The shape follows Envoy's xDS resources so that a later xDS subscription maps
+onto it field by field:
+
+    Config.listeners[]   ~ envoy.config.listener.v3.Listener
+        name, address, additional_addresses, bind_to_port, use_original_dst,
+        traffic_direction; tcp_proxy ~ the envoy.filters.network.tcp_proxy filter
+    Config.clusters[]    ~ envoy.config.cluster.v3.Cluster (STATIC type)
+        name, connect_timeout, lb_policy; endpoints ~ ClusterLoadAssignment
+        .endpoints[0].lb_endpoints[] (address, load_balancing_weight)
+
+Settings are the tunables: each is also the environment variable
+FASTPROXY_<NAME> (see env.py), which overrides the file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used. `path` names the field (e.g. clusters[0].name)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) or 1
+
+
+# Every tunable. `None` as a default means "computed at load time" (see doc).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("workers", int, None, "Worker processes (default: the number of usable CPUs).", minimum=1, maximum=256),
+    Setting("admin_address", str, "127.0.0.1", "Address of the admin API. Keep it on loopback."),
+    Setting("admin_port", int, 15000, "Admin API port (/ready, /stats/prometheus, /config_dump, ...).", minimum=1, maximum=65535),
+    Setting("stats_port", int, 15090, "Port serving /stats/prometheus on all addresses (0 disables).", minimum=0, maximum=65535),
+    Setting("merged_metrics_port", int, 15020, "Port serving the merged metrics (0 disables).", minimum=0, maximum=65535),
+    Setting("health_port", int, 15021, "Port serving /healthz/ready for the kubelet (0 disables).", minimum=0, maximum=65535),
+    Setting("outbound_port", int, 15001, "Port of the outbound capture listener in the default config.", minimum=1, maximum=65535),
+    Setting("inbound_port", int, 15006, "Port of the inbound capture listener in the default config.", minimum=1, maximum=65535),
+    Setting("log_level", str, "info", "Log level of the manager and workers.", choices=("debug", "info", "warning", "error")),
+    Setting("drain_seconds", float, 5.0, "On SIGTERM, how long in-flight connections may finish before they are closed.", minimum=0),
+    Setting("connect_timeout_ms", int, 10000, "Upstream connect timeout, unless the cluster sets one.", minimum=1),
+    Setting("idle_timeout_s", int, 3600, "A relayed TCP connection with no traffic for this long is closed (0 = never).", minimum=0),
+    Setting("buffer_bytes", int, 262144, "Per-direction pipe size of the splice relay (and fallback buffer size).", minimum=4096, maximum=16777216),
+    Setting("outbound_traffic_policy", str, "ALLOW_ANY", "Outbound traffic to unknown destinations: ALLOW_ANY passes it through, REGISTRY_ONLY refuses it.", choices=("ALLOW_ANY", "REGISTRY_ONLY")),
+    Setting("inbound_passthrough_source", str, "127.0.0.6", "Source address of inbound passthrough connections to the app (excluded from capture by the init rules)."),
+    Setting("backlog", int, 4096, "listen() backlog of each listener socket.", minimum=1),
+    Setting("table_bytes", int, 4194304, "Capacity of each routing-table slot in shared memory.", minimum=65536),
+    Setting("counter_slots", int, 65536, "Counter slots per worker in shared memory.", minimum=1024),
+    Setting("config_poll_ms", int, 1000, "How often the config file's mtime is checked for changes (0 disables).", minimum=0),
+)
+
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+LB_POLICIES = ("ROUND_ROBIN",)
+TRAFFIC_DIRECTIONS = ("UNSPECIFIED", "INBOUND", "OUTBOUND")
+
+# Cluster names the proxy uses for traffic that matched no configured cluster (Istio's names).
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughCluster"
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+RESERVED_CLUSTERS = (PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: SocketAddress
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    connect_timeout_ms: int | None = None
+    lb_policy: str = "ROUND_ROBIN"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProxy:
+    cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: SocketAddress
+    additional_addresses: tuple[SocketAddress, ...] = ()
+    bind_to_port: bool = True
+    use_original_dst: bool = False
+    traffic_direction: str = "UNSPECIFIED"
+    tcp_proxy: TcpProxy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    settings: dict[str, Any]
+    listeners: tuple[Listener, ...]
+    clusters: tuple[Cluster, ...] = field(default=())

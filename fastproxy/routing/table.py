@@ -1,0 +1,164 @@
+"""The routing table: compiled from a Config by the manager, decoded by each worker. Pure.
+
+compile_table() turns a validated Config into a plain document (JSON bytes
+via encode()) that the manager publishes into shared memory. A worker decodes
+it with RouteTable.decode() into the immutable objects its data path uses:
+per-connection work is then a couple of dict lookups.
+"""
+from __future__ import annotations
+
+from math import gcd
+
+import orjson
+
+from ..config.schema import (
+    BLACKHOLE_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER,
+    PASSTHROUGH_CLUSTER,
+    Config,
+)
+from ..stats.names import SlotRegistry
+
+TABLE_VERSION = 1
+
+# Listener modes
+MODE_TCP = 0        # explicit listener: relay to its cluster
+MODE_OUTBOUND = 1   # capture: route by original destination
+MODE_INBOUND = 2    # capture: relay to the local app at the original destination
+
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def compile_table(config: Config, slots: SlotRegistry) -> dict:
+    """The table document for config. Raises OverflowError if counter slots run out."""
+    clusters = {
+        c.name: {"endpoints": [[e.address.ip, e.address.port, e.weight] for e in c.endpoints],
+                 "connect_timeout_ms": c.connect_timeout_ms or config.settings["connect_timeout_ms"],
+                 "lb_policy": c.lb_policy,
+                 "block": slots.block("cluster", c.name)}
+        for c in config.clusters
+    }
+    for name in (PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER):
+        clusters[name] = {"endpoints": [], "connect_timeout_ms": config.settings["connect_timeout_ms"],
+                          "lb_policy": "ORIGINAL_DST", "block": slots.block("cluster", name)}
+    listeners, virtual = [], []
+    for l in config.listeners:
+        addrs = [[a.ip, a.port] for a in (l.address, *l.additional_addresses)]
+        if not l.bind_to_port:
+            virtual.extend([ip, port, l.tcp_proxy.cluster] for ip, port in addrs)
+            continue
+        if l.use_original_dst:
+            mode = MODE_OUTBOUND if l.traffic_direction == "OUTBOUND" else MODE_INBOUND
+        else:
+            mode = MODE_TCP
+        listeners.append({"name": l.name, "addresses": addrs, "mode": mode,
+                          "cluster": l.tcp_proxy.cluster if l.tcp_proxy else None,
+                          "block": slots.block("listener", l.name)})
+    return {"version": TABLE_VERSION, "settings": dict(config.settings), "listeners": listeners,
+            "virtual": virtual, "clusters": clusters}
+
+
+def encode(doc: dict) -> bytes:
+    return orjson.dumps(doc)
+
+
+class ClusterRoute:
+    """A cluster as the data path sees it. pick() is weighted round robin."""
+
+    __slots__ = ("name", "block", "connect_timeout", "ring", "next", "passthrough")
+
+    def __init__(self, name: str, doc: dict):
+        self.name = name
+        self.block = doc["block"]
+        self.connect_timeout = doc["connect_timeout_ms"] / 1000.0
+        self.ring = _weighted_ring([(ip, port, w) for ip, port, w in doc["endpoints"]])
+        self.next = 0
+        self.passthrough = doc["lb_policy"] == "ORIGINAL_DST"
+
+    def pick(self) -> tuple[str, int]:
+        i = self.next
+        self.next = i + 1 if i + 1 < len(self.ring) else 0
+        return self.ring[i]
+
+
+class ListenerRoute:
+    __slots__ = ("name", "addresses", "mode", "cluster", "block", "ports")
+
+    def __init__(self, doc: dict, clusters: dict[str, ClusterRoute]):
+        self.name = doc["name"]
+        self.addresses = [(ip, port) for ip, port in doc["addresses"]]
+        self.mode = doc["mode"]
+        self.cluster = clusters[doc["cluster"]] if doc["cluster"] else None
+        self.block = doc["block"]
+        self.ports = {port for _, port in self.addresses}
+
+
+class RouteTable:
+    """The decoded table. Immutable once built; a new generation builds a new one."""
+
+    __slots__ = ("generation", "settings", "listeners", "clusters", "virtual", "virtual_port",
+                 "own_ports", "passthrough", "inbound_passthrough", "blackhole")
+
+    def __init__(self, generation: int, doc: dict):
+        if doc.get("version") != TABLE_VERSION:
+            raise ValueError(f"routing table version {doc.get('version')!r}, expected {TABLE_VERSION}")
+        self.generation = generation
+        self.settings = doc["settings"]
+        self.clusters = {name: ClusterRoute(name, c) for name, c in doc["clusters"].items()}
+        self.listeners = [ListenerRoute(l, self.clusters) for l in doc["listeners"]]
+        self.virtual: dict[tuple[str, int], ClusterRoute] = {}
+        self.virtual_port: dict[int, ClusterRoute] = {}
+        for ip, port, cluster in doc["virtual"]:
+            if ip in WILDCARDS:
+                self.virtual_port[port] = self.clusters[cluster]
+            else:
+                self.virtual[(ip, port)] = self.clusters[cluster]
+        self.own_ports = frozenset(p for l in self.listeners for p in l.ports)
+        self.passthrough = self.clusters[PASSTHROUGH_CLUSTER]
+        self.inbound_passthrough = self.clusters[INBOUND_PASSTHROUGH_CLUSTER]
+        self.blackhole = self.clusters[BLACKHOLE_CLUSTER]
+
+    @classmethod
+    def decode(cls, generation: int, payload: bytes) -> RouteTable:
+        return cls(generation, orjson.loads(payload))
+
+    def outbound(self, dst: tuple[str, int]) -> ClusterRoute | None:
+        """The cluster for an outbound original destination; None = refuse (REGISTRY_ONLY)."""
+        c = self.virtual.get(dst) or self.virtual_port.get(dst[1])
+        if c is not None:
+            return c
+        if self.settings["outbound_traffic_policy"] == "ALLOW_ANY":
+            return self.passthrough
+        return None
+
+    def would_loop(self, dst: tuple[str, int], redirected: bool, listener: ListenerRoute) -> bool:
+        """True when relaying to dst would come back to this proxy: the client
+        reached a capture listener directly (no NAT: dst is the listener's own
+        port), or the NAT destination is one of our own listening ports here."""
+        if not redirected:
+            return dst[1] in listener.ports
+        if dst[1] not in self.own_ports:
+            return False
+        ip = dst[0]
+        return ip in WILDCARDS or ip.startswith("127.") or ip == "::1"
+
+
+def _weighted_ring(endpoints: list[tuple[str, int, int]]) -> list[tuple[str, int]]:
+    """Endpoints repeated by weight (reduced by their gcd), interleaved so that
+    consecutive picks spread across hosts: smooth weighted round robin."""
+    if not endpoints:
+        return []
+    g = 0
+    for _, _, w in endpoints:
+        g = gcd(g, w)
+    weights = [w // g for _, _, w in endpoints]
+    total = sum(weights)
+    current = [0] * len(endpoints)
+    ring = []
+    for _ in range(total):
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(endpoints)), key=current.__getitem__)
+        current[best] -= total
+        ring.append((endpoints[best][0], endpoints[best][1]))
+    return ring

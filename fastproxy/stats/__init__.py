@@ -1,0 +1,1 @@
+"""Stats: metric names and slot layout (names.py), Prometheus rendering (prometheus.py)."""
