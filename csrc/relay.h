@@ -1,0 +1,124 @@
+/* relay.h - zero-copy L4 relay between two connected, non-blocking stream sockets.
+ *
+ * Data flows socket -> pipe -> socket with splice(2), so payload bytes never
+ * enter user space. Where splice() is refused for a socket (EINVAL, ENOSYS,
+ * EOPNOTSUPP) that direction falls back to read()/write() through a heap
+ * buffer of `chunk` bytes, allocated only then.
+ *
+ * The relay is driven by the caller's event loop: the caller tells
+ * fp_relay_pump() which fds became ready, and the pump returns the readiness
+ * it wants next. The relay never blocks and never sleeps.
+ *
+ * Ownership: the relay BORROWS the two socket fds (it never closes them) and
+ * OWNS its pipes and fallback buffers (released by fp_relay_free()).
+ *
+ * Naming: side A is the downstream (client) socket, side B the upstream.
+ * Direction 0 moves A -> B, direction 1 moves B -> A.
+ *
+ * Caller obligations:
+ *  - Readiness must be level-triggered (epoll without EPOLLET, poll, libuv
+ *    and uvloop readers/writers). A pump may stop early for fairness, or
+ *    conclude from a short read that src is drained, and leave bytes in a
+ *    socket it still asks to read; a level-triggered loop reports it again.
+ *  - SIGPIPE must be ignored (CPython does this at startup): splice() into a
+ *    socket whose peer is gone raises SIGPIPE, as write() would; there is no
+ *    MSG_NOSIGNAL for splice().
+ */
+#ifndef FASTPROXY_RELAY_H
+#define FASTPROXY_RELAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Readiness bits: used both for events passed in and interests returned. */
+#define FP_READ_A   0x01
+#define FP_WRITE_A  0x02
+#define FP_READ_B   0x04
+#define FP_WRITE_B  0x08
+#define FP_WANT_MASK 0x0f
+
+/* Terminal results (returned with no FP_* want bits set). */
+#define FP_RELAY_DONE   0x10 /* both directions saw EOF and were shut down cleanly */
+#define FP_RELAY_RESET  0x20 /* a side reset or failed; the caller aborts BOTH sockets (fp_sock_abort) */
+
+/* Per-direction state flags (fp_relay_dir.flags). */
+#define FP_DIR_EOF       0x01 /* src returned EOF; nothing more will be read */
+#define FP_DIR_SHUT      0x02 /* dst was shut down for writing (half-close propagated) */
+#define FP_DIR_FALLBACK  0x04 /* this direction uses read()/write(), not splice() */
+#define FP_DIR_DST_FULL  0x08 /* last write to dst hit EAGAIN or was short: waiting for writability */
+#define FP_DIR_STALL     0x10 /* internal: a read into the pipe came back short or EAGAIN and
+                               * bytes remain in it. The pipe may be out of slots (a slot holds
+                               * one piece of one skb; small segments make small pieces), so
+                               * in_flight < pipe_cap does not prove there is room: stop asking
+                               * to read until dst takes bytes. */
+/* Test hook: splice() in this direction fails with EINVAL without being
+ * called, as on a kernel or socket type that refuses it, so tests can force
+ * the fallback (no socket type refuses splice on current kernels). Setting it
+ * between two pumps while bytes sit in the pipe exercises the pipe drain.
+ * Setting FP_DIR_FALLBACK itself before the first pump starts a direction in
+ * read()/write() mode without ever creating its pipe. */
+#define FP_DIR_TEST_NOSPLICE 0x100
+
+/* A counter the relay bumps by the bytes it delivers (may be NULL). Counters
+ * are single-writer (one worker process), so a relaxed load+store suffices. */
+typedef uint64_t fp_counter;
+
+typedef struct fp_relay_dir {
+    int src, dst;            /* borrowed sockets */
+    int pipe_r, pipe_w;      /* owned pipe, -1 until the first readable event */
+    size_t pipe_cap;         /* the pipe's real capacity (F_SETPIPE_SZ/F_GETPIPE_SZ), 0 if none */
+    size_t in_flight;        /* bytes read from src, not yet written to dst (pipe or buffer) */
+    unsigned flags;          /* FP_DIR_* */
+    char *buf;               /* fallback buffer (chunk bytes), NULL unless FP_DIR_FALLBACK */
+    size_t buf_off;          /* fallback: offset of the first unsent byte in buf */
+    size_t buf_len;          /* fallback: end of the unsent bytes in buf */
+    uint64_t spliced;        /* bytes delivered to dst through the pipe */
+    uint64_t copied;         /* bytes delivered to dst through the fallback buffer */
+    fp_counter *ctr[2];      /* bumped by bytes delivered to dst; either may be NULL */
+} fp_relay_dir;
+
+typedef struct fp_relay {
+    fp_relay_dir dir[2];     /* dir[0]: A -> B, dir[1]: B -> A */
+    size_t chunk;            /* pipe size asked of F_SETPIPE_SZ; fallback buffer size */
+    uint32_t activity;       /* incremented by every pump that moved bytes (idle sweeps compare it) */
+    int error;               /* errno that caused FP_RELAY_RESET, else 0 */
+    int reset_side;          /* 0 = A, 1 = B: the side whose read/write failed; -1 if none
+                              * (a local failure: ENOMEM for the fallback buffer) */
+} fp_relay;
+
+/* Prepares r for sockets a (downstream) and b (upstream). No syscalls, no
+ * allocation. chunk is clamped to [4096, 16 MiB]. Counters start NULL.
+ * Each direction's pipe is created on its first readable event and sized
+ * with F_SETPIPE_SZ(chunk); if that is refused (EPERM: pipe-max-size, or the
+ * user's pipe-user-pages-soft exhausted) the default size is kept, and
+ * pipe_cap says what was obtained. If pipe2() itself fails (EMFILE) the
+ * direction uses the read()/write() fallback. */
+void fp_relay_init(fp_relay *r, int a, int b, size_t chunk);
+
+/* Makes progress after the readiness in `events` (FP_READ_x / FP_WRITE_x
+ * bits; spurious bits are harmless, they only cost a syscall returning
+ * EAGAIN). Moves as many bytes as possible without blocking, in the affected
+ * directions only, and propagates half-close: once a direction's src hit EOF
+ * and its in-flight bytes are delivered, dst gets shutdown(SHUT_WR).
+ * Backpressure: a direction stops asking to read while its pipe/buffer is
+ * full (or FP_DIR_STALL), and asks for dst writability instead. In the call
+ * where a direction is both at EOF and empty, dst is shut down and that
+ * direction's pipe and buffer are released (a half-closed connection may
+ * live long; it should not hold pipe pages it will never use again).
+ * Resets: a read error on src other than EAGAIN/EINTR, a write error on dst
+ * (EPIPE, ECONNRESET, ...), or shutdown(dst) failing (ENOTCONN: dst was
+ * reset) end the relay with FP_RELAY_RESET.
+ * Returns the readiness wanted next (FP_WANT_MASK bits), or FP_RELAY_DONE,
+ * or FP_RELAY_RESET (r->error, r->reset_side say why). After a terminal
+ * result the caller must not call fp_relay_pump() again. */
+int fp_relay_pump(fp_relay *r, int events);
+
+/* The interest set for a freshly initialised relay: FP_READ_A | FP_READ_B. */
+int fp_relay_start(fp_relay *r);
+
+/* Closes the pipes and frees fallback buffers. Safe to call twice, and on a
+ * zero-filled fp_relay that fp_relay_init() never saw (it closes no fd 0).
+ * Does not touch the borrowed sockets. */
+void fp_relay_free(fp_relay *r);
+
+#endif
