@@ -58,7 +58,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drain_seconds", float, 5.0, "On SIGTERM, how long in-flight connections may finish before they are closed.", minimum=0),
     Setting("connect_timeout_ms", int, 10000, "Upstream connect timeout, unless the cluster sets one.", minimum=1),
     Setting("idle_timeout_s", int, 3600, "A relayed TCP connection with no traffic for this long is closed (0 = never).", minimum=0),
-    Setting("buffer_bytes", int, 262144, "Per-direction pipe size of the splice relay (and fallback buffer size).", minimum=4096, maximum=16777216),
+    Setting("buffer_bytes", int, 65536, "Per-direction pipe size of the splice relay (and fallback buffer size). 64 KiB is the kernel default: larger pipes bought no throughput on loopback and exhaust the proxy user's pipe pages (fs.pipe-user-pages-soft) sooner.", minimum=4096, maximum=16777216),
     Setting("outbound_traffic_policy", str, "ALLOW_ANY", "Outbound traffic to unknown destinations: ALLOW_ANY passes it through, REGISTRY_ONLY refuses it.", choices=("ALLOW_ANY", "REGISTRY_ONLY")),
     Setting("inbound_passthrough_source", str, "127.0.0.6", "Source address of inbound passthrough connections to the app (excluded from capture by the init rules)."),
     Setting("backlog", int, 4096, "listen() backlog of each listener socket.", minimum=1),

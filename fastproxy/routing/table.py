@@ -82,9 +82,10 @@ class ClusterRoute:
 
 
 class ListenerRoute:
-    __slots__ = ("name", "addresses", "mode", "cluster", "block", "ports")
+    __slots__ = ("name", "addresses", "mode", "cluster", "block", "ports", "generation")
 
-    def __init__(self, doc: dict, clusters: dict[str, ClusterRoute]):
+    def __init__(self, doc: dict, clusters: dict[str, ClusterRoute], generation: int):
+        self.generation = generation
         self.name = doc["name"]
         self.addresses = [(ip, port) for ip, port in doc["addresses"]]
         self.mode = doc["mode"]
@@ -96,7 +97,7 @@ class ListenerRoute:
 class RouteTable:
     """The decoded table. Immutable once built; a new generation builds a new one."""
 
-    __slots__ = ("generation", "settings", "listeners", "clusters", "virtual", "virtual_port",
+    __slots__ = ("generation", "settings", "listeners", "by_name", "clusters", "virtual", "virtual_port",
                  "own_ports", "passthrough", "inbound_passthrough", "blackhole")
 
     def __init__(self, generation: int, doc: dict):
@@ -105,7 +106,8 @@ class RouteTable:
         self.generation = generation
         self.settings = doc["settings"]
         self.clusters = {name: ClusterRoute(name, c) for name, c in doc["clusters"].items()}
-        self.listeners = [ListenerRoute(l, self.clusters) for l in doc["listeners"]]
+        self.listeners = [ListenerRoute(l, self.clusters, generation) for l in doc["listeners"]]
+        self.by_name = {l.name: l for l in self.listeners}
         self.virtual: dict[tuple[str, int], ClusterRoute] = {}
         self.virtual_port: dict[int, ClusterRoute] = {}
         for ip, port, cluster in doc["virtual"]:

@@ -1,0 +1,267 @@
+"""The manager process: config in, routing tables out, workers supervised, admin served.
+
+Never on the data path. It loads and validates the config (file, env, admin
+POST, later xDS), publishes the compiled table into shared memory, keeps N
+workers alive, and answers the admin and metrics ports. A rejected reload
+leaves the running table in place and is reported in /config_dump and the log.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+
+import uvloop
+
+from .. import __version__
+from ..config.load import load_default, load_text
+from ..config.schema import Config, ConfigError
+from ..stats import prometheus
+from ..stats.names import Metric
+from . import http
+from .admin import AdminApi
+from .publisher import Publisher, remove_stale_segments
+from .supervisor import Supervisor
+
+log = logging.getLogger("fastproxy.manager")
+
+# Settings a live reload cannot change: they size segments, processes or admin sockets.
+RESTART_ONLY = ("workers", "admin_address", "admin_port", "stats_port", "merged_metrics_port",
+                "health_port", "table_bytes", "counter_slots")
+
+M_RESTARTS = Metric("fastproxy_worker_restarts_total", "counter", "Workers restarted after an unplanned exit.")
+M_WORKERS = Metric("fastproxy_workers", "gauge", "Worker processes alive.")
+M_GENERATION = Metric("fastproxy_config_generation", "gauge", "Generation of the published routing table.")
+M_RELOADS = Metric("fastproxy_config_reloads_total", "counter", "Config reloads, by result.")
+M_BUILD = Metric("fastproxy_build_info", "gauge", "Build information.")
+
+MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+class Manager:
+    def __init__(self, config: Config, config_path: str | None, environ: Mapping[str, str]):
+        self.config = config
+        self.config_path = config_path
+        self.environ = dict(environ)
+        self.settings = config.settings
+        self.publisher: Publisher | None = None
+        self.supervisor: Supervisor | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.last_rejected: dict | None = None
+        self.reloads = {"ok": 0, "rejected": 0}
+        self.draining = False
+        self.shutdown = asyncio.Event()
+        self.fatal: str | None = None
+        self.file_mtime = self._mtime()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        removed = remove_stale_segments()
+        if removed:
+            log.info("removed stale shared memory segments: %s", ", ".join(removed))
+        self.publisher = Publisher(self.settings)
+        try:
+            return await self._run(loop)
+        finally:
+            self.publisher.close()
+
+    async def _run(self, loop) -> int:
+        self.publisher.publish(self.publisher.compile(self.config))
+        self._report_reuseport_migration()
+        api = AdminApi(self)
+        s = self.settings
+        try:
+            self.servers.append(await http.serve(s["admin_address"], s["admin_port"], api.admin))
+            for port, handler in ((s["stats_port"], api.stats_port), (s["merged_metrics_port"], api.stats_port),
+                                  (s["health_port"], api.health_port)):
+                if port:
+                    self.servers.append(await http.serve("0.0.0.0", port, handler))
+        except OSError as e:
+            log.error("cannot serve the admin or metrics ports: %s", e)
+            self._close_servers()
+            return 1
+        self.supervisor = Supervisor(self.publisher, s["workers"], s["log_level"], self._on_fatal)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_shutdown, signal.Signals(sig).name)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        await self.supervisor.start()
+        watcher = asyncio.ensure_future(self._watch_file()) if self.config_path and s["config_poll_ms"] else None
+        log.info("fastproxy %s: %d workers, admin on %s:%d, generation %d", __version__, s["workers"],
+                 s["admin_address"], s["admin_port"], self.publisher.generation)
+        await self.shutdown.wait()
+        if watcher:
+            watcher.cancel()
+        self.draining = True
+        await self.supervisor.stop(float(self.settings["drain_seconds"]) + 2.0)
+        self._close_servers()
+        if self.fatal:
+            log.error("%s", self.fatal)
+            return 1
+        log.info("drained; exiting")
+        return 0
+
+    def _close_servers(self) -> None:
+        for srv in self.servers:
+            srv.close()
+
+    def request_shutdown(self, why: str) -> None:
+        if not self.shutdown.is_set():
+            log.info("shutting down (%s): readiness off, draining for up to %ss", why, self.settings["drain_seconds"])
+            self.draining = True
+            self.shutdown.set()
+
+    def _on_fatal(self, message: str) -> None:
+        self.fatal = message
+        self.shutdown.set()
+
+    def drain_listeners(self) -> None:
+        self.draining = True
+        self.supervisor.signal_all(signal.SIGUSR1)
+
+    def _report_reuseport_migration(self) -> None:
+        """With net.ipv4.tcp_migrate_req (Linux >= 5.14) a closing SO_REUSEPORT
+        socket hands its queued connections to a sibling instead of resetting
+        them. It is a per-netns sysctl for the pod's init step to set; the
+        proxy only reports it."""
+        try:
+            with open(MIGRATE_SYSCTL) as f:
+                on = f.read().strip() == "1"
+        except OSError:
+            on = False
+        if not on:
+            log.info("net.ipv4.tcp_migrate_req is off: a worker that exits resets the connections "
+                     "still queued on its listeners")
+
+    # -- readiness ----------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "DRAINING"
+        if self.supervisor is None:
+            return False, "STARTING"
+        gen = self.publisher.generation
+        for w in self.supervisor.describe():
+            if not w["alive"] or w["applied_generation"] != gen:
+                return False, f"worker {w['id']} has not applied generation {gen}"
+        return True, "LIVE"
+
+    # -- reload ---------------------------------------------------------------------------
+
+    def reload_text(self, text: bytes | str, source: str) -> tuple[bool, int | str]:
+        """Validates, compiles and publishes; on any error the old table stays live."""
+        try:
+            config = load_text(text, self.environ, source=source)
+            for name in RESTART_ONLY:
+                if config.settings[name] != self.settings[name]:
+                    raise ConfigError(f"settings.{name}", f"changing it needs a restart "
+                                      f"(running with {self.settings[name]!r}, got {config.settings[name]!r})")
+            payload = self.publisher.compile(config)
+        except (ConfigError, ValueError) as e:
+            self.reloads["rejected"] += 1
+            self.last_rejected = {"error": str(e), "source": source, "time": time.time()}
+            log.error("config rejected (%s): %s; keeping generation %d", source, e, self.publisher.generation)
+            return False, str(e)
+        self.config = config
+        self.settings = config.settings
+        gen = self.publisher.publish(payload)
+        self.reloads["ok"] += 1
+        log.info("config reloaded from %s: generation %d", source, gen)
+        return True, gen
+
+    def reload_file(self, why: str) -> None:
+        if not self.config_path:
+            log.warning("%s: no config file to reload (running on the embedded default)", why)
+            return
+        try:
+            with open(self.config_path, "rb") as f:
+                text = f.read()
+        except OSError as e:
+            self.reloads["rejected"] += 1
+            self.last_rejected = {"error": f"cannot read {self.config_path}: {e.strerror}", "source": why,
+                                  "time": time.time()}
+            log.error("config rejected (%s): cannot read %s: %s", why, self.config_path, e.strerror)
+            return
+        self.reload_text(text, source=f"{self.config_path} ({why})")
+
+    def _on_sighup(self) -> None:
+        self.file_mtime = self._mtime()
+        self.reload_file("SIGHUP")
+
+    def _mtime(self) -> int | None:
+        try:
+            st = os.stat(self.config_path) if self.config_path else None
+        except OSError:
+            return None
+        return st.st_mtime_ns if st else None
+
+    async def _watch_file(self) -> None:
+        period = self.settings["config_poll_ms"] / 1000.0
+        while True:
+            await asyncio.sleep(period)
+            m = self._mtime()
+            if m is not None and m != self.file_mtime:
+                self.file_mtime = m
+                self.reload_file("file changed")
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def config_dump(self) -> dict:
+        return {"version": __version__, "generation": self.publisher.generation,
+                "source": self.config_path or "embedded default",
+                "config": _plain(self.config), "last_rejected": self.last_rejected}
+
+    def listeners_dump(self) -> list[dict]:
+        return [_plain(l) for l in self.config.listeners]
+
+    def clusters_dump(self) -> list[dict]:
+        return [_plain(c) for c in self.config.clusters]
+
+    def render_metrics(self) -> str:
+        sums = self.publisher.counters.sum()
+        samples = prometheus.samples(sums, self.publisher.slots.blocks)
+        samples += [
+            (M_RESTARTS, {}, self.supervisor.restarts_total if self.supervisor else 0),
+            (M_WORKERS, {}, len(self.supervisor.alive()) if self.supervisor else 0),
+            (M_GENERATION, {}, self.publisher.generation),
+            (M_RELOADS, {"result": "ok"}, self.reloads["ok"]),
+            (M_RELOADS, {"result": "rejected"}, self.reloads["rejected"]),
+            (M_BUILD, {"version": __version__}, 1),
+        ]
+        return prometheus.render(samples)
+
+
+def _plain(obj):
+    """Dataclasses (with SocketAddress as text) to JSON-ready values."""
+    if dataclasses.is_dataclass(obj):
+        if type(obj).__name__ == "SocketAddress":
+            return str(obj)
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def run(config_path: str | None, environ: Mapping[str, str]) -> int:
+    """`fastproxy run`: exits 1 with the field path when the config is invalid."""
+    try:
+        if config_path:
+            with open(config_path, "rb") as f:
+                config = load_text(f.read(), environ, source=config_path)
+        else:
+            config = load_default(environ)
+    except OSError as e:
+        log.error("cannot read config %s: %s", config_path, e.strerror)
+        return 1
+    except ConfigError as e:
+        log.error("config error: %s", e)
+        return 1
+    logging.getLogger().setLevel(config.settings["log_level"].upper())
+    return uvloop.run(Manager(config, config_path, environ).run())

@@ -1,0 +1,156 @@
+"""The worker's L4 path: accept -> original destination -> route -> connect -> splice relay.
+
+Per connection, Python does: one generation check, one or two dict lookups,
+and hands the two sockets to the C relay. Bytes never pass through Python.
+"""
+from __future__ import annotations
+
+import errno
+
+from .._native import relay as native
+from ..routing.table import MODE_INBOUND, MODE_OUTBOUND, MODE_TCP, ClusterRoute, ListenerRoute
+from ..stats.names import (
+    C_CONNECT_FAIL,
+    C_CONNECT_TIMEOUT,
+    C_CX_DESTROY,
+    C_CX_TOTAL,
+    C_RX_BYTES,
+    C_TX_BYTES,
+    G_ACCEPT_ERRORS,
+    G_COPIED_BYTES,
+    G_IDLE_TIMEOUTS,
+    G_SPLICED_BYTES,
+    L_CX_DESTROY,
+    L_CX_TOTAL,
+    L_REFUSED_LOOP,
+    L_REFUSED_NO_ROUTE,
+    L_RX_BYTES,
+    L_TX_BYTES,
+)
+
+_CONNECT_FAILED = (native.CLOSED_CONNECT_FAIL, native.CLOSED_CONNECT_TIMEOUT)
+_ACCEPT_BACKOFF_S = 0.1
+
+
+class L4Path:
+    """Owns this worker's relays and does the per-connection decisions."""
+
+    def __init__(self, loop, counters, worker):
+        self.loop = loop
+        self.ctr = counters                 # CounterView of this worker's region
+        self.ctr_base = counters.address    # the C relay bumps byte counters here directly
+        self.worker = worker                # .current() -> RouteTable (checks the generation)
+        self.relays: set = set()
+        self.paused_until = 0.0
+
+    # -- accept ------------------------------------------------------------------
+
+    def on_accept(self, listener: ListenerRoute, lfd: int) -> None:
+        try:
+            fds = native.accept_batch(lfd)
+        except OSError as e:
+            self.ctr.add(G_ACCEPT_ERRORS, 1)
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._pause(listener, lfd)
+            return
+        table = self.worker.current()
+        if listener.generation != table.generation:
+            # The callback was registered under an older table: route by the new one.
+            listener = table.by_name.get(listener.name, listener)
+        for fd in fds:
+            self.handle(table, listener, fd)
+
+    def _pause(self, listener: ListenerRoute, lfd: int) -> None:
+        """Out of descriptors: stop accepting briefly instead of spinning on a ready socket."""
+        self.loop.remove_reader(lfd)
+        self.loop.call_later(_ACCEPT_BACKOFF_S, self._resume, listener, lfd)
+
+    def _resume(self, listener: ListenerRoute, lfd: int) -> None:
+        if self.worker.listeners.is_bound(lfd):
+            self.loop.add_reader(lfd, self.on_accept, listener, lfd)
+
+    # -- per connection --------------------------------------------------------------
+
+    def handle(self, table, listener: ListenerRoute, fd: int) -> None:
+        ctr = self.ctr
+        lb = listener.block
+        ctr.add(lb + L_CX_TOTAL, 1)
+        src_ip = None
+        mode = listener.mode
+        if mode == MODE_TCP:
+            cluster = listener.cluster
+            dst = cluster.pick()
+        else:
+            try:
+                dst, redirected = native.original_dst(fd)
+            except OSError:
+                self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb)
+                return
+            if table.would_loop(dst, redirected, listener):
+                self._refuse(fd, lb + L_REFUSED_LOOP, lb)
+                return
+            if mode == MODE_OUTBOUND:
+                cluster = table.outbound(dst)
+                if cluster is None:
+                    self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb, table.blackhole)
+                    return
+                if not cluster.passthrough:
+                    dst = cluster.pick()
+            else:  # MODE_INBOUND: to the app, from 127.0.0.6 so the init rules do not recapture it
+                cluster = table.inbound_passthrough
+                src_ip = table.settings["inbound_passthrough_source"]
+        cb = cluster.block
+        ctr.add(cb + C_CX_TOTAL, 1)
+        try:
+            ufd, in_progress = native.connect(dst[0], dst[1], src_ip)
+        except OSError:
+            ctr.add(cb + C_CONNECT_FAIL, 1)
+            ctr.add(cb + C_CX_DESTROY, 1)
+            ctr.add(lb + L_CX_DESTROY, 1)
+            native.abort(fd)
+            return
+        r = native.Relay(self.loop, fd, ufd, in_progress, table.settings["buffer_bytes"], self)
+        r.route = (lb, cb)
+        r.set_counters(self.ctr_base, lb + L_RX_BYTES, lb + L_TX_BYTES, cb + C_RX_BYTES, cb + C_TX_BYTES)
+        self.relays.add(r)
+        r.start(cluster.connect_timeout)
+
+    def _refuse(self, fd: int, reason_slot: int, lb: int, cluster: ClusterRoute | None = None) -> None:
+        ctr = self.ctr
+        ctr.add(reason_slot, 1)
+        ctr.add(lb + L_CX_DESTROY, 1)
+        if cluster is not None:
+            ctr.add(cluster.block + C_CX_TOTAL, 1)
+            ctr.add(cluster.block + C_CX_DESTROY, 1)
+        native.abort(fd)
+
+    def relay_closed(self, r, how: int, err: int) -> None:
+        """Called once by the relay when it ends (the sockets are already closed)."""
+        self.relays.discard(r)
+        lb, cb = r.route
+        ctr = self.ctr
+        ctr.add(lb + L_CX_DESTROY, 1)
+        ctr.add(cb + C_CX_DESTROY, 1)
+        if how in _CONNECT_FAILED:
+            ctr.add(cb + C_CONNECT_FAIL, 1)
+            if how == native.CLOSED_CONNECT_TIMEOUT:
+                ctr.add(cb + C_CONNECT_TIMEOUT, 1)
+        ctr.add(G_SPLICED_BYTES, r.spliced)
+        ctr.add(G_COPIED_BYTES, r.copied)
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def sweep_idle(self, now: float, idle_timeout: float) -> None:
+        """Aborts relays that moved no byte for idle_timeout seconds."""
+        for r in list(self.relays):
+            a = r.activity
+            if a != r.seen_activity:
+                r.seen_activity = a
+                r.idle_since = now
+            elif now - r.idle_since >= idle_timeout:
+                self.ctr.add(G_IDLE_TIMEOUTS, 1)
+                r.abort()
+
+    def abort_all(self) -> None:
+        for r in list(self.relays):
+            r.abort()
