@@ -18,6 +18,7 @@ NATIVE = {
     # module: the csrc files it wraps
     "shm": ["csrc/shmtable.c"],
     "relay": ["csrc/relay.c", "csrc/sockops.c"],  # L4 path: splice pump + socket seam
+    "http1": ["csrc/http1.c"],
 }
 
 
