@@ -24,10 +24,14 @@ $(VENV)/.deps: pyproject.toml
 
 venv: $(VENV)/.deps
 
-# In-place build: the C is compiled into fastproxy/_native/*.so next to the .pyx.
-build: $(VENV)/.deps
-	$(PY) setup.py -q build_ext --inplace
+# In-place build: the C is compiled into fastproxy/_native/*.so next to the .pyx
+# (only what changed). The editable install, for the `fastproxy` command, once.
+build: $(VENV)/.editable
+	$(PY) -W ignore setup.py -q build_ext --inplace
+
+$(VENV)/.editable: $(VENV)/.deps
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
 
 debug: $(VENV)/.deps
 	FASTPROXY_DEBUG_BUILD=1 $(PY) setup.py -q build_ext --inplace --cython-always

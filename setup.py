@@ -17,8 +17,9 @@ CFLAGS = ["-std=gnu99", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
 NATIVE = {
     # module: the csrc files it wraps
     "shm": ["csrc/shmtable.c"],
-    "relay": ["csrc/relay.c", "csrc/sockops.c"],  # L4 path: splice pump + socket seam
+    "relay": ["csrc/relay.c", "csrc/engine.c", "csrc/sockops.c"],  # L4 path: splice pump, epoll engine, socket seam
     "http1": ["csrc/http1.c"],
+    "rewrite": ["csrc/rewrite.c", "csrc/http1.c"],  # parses, then rewrites: links the parser
 }
 
 

@@ -17,9 +17,19 @@
  *    src's;
  *  - a short read means src's receive queue was emptied (tcp_splice_read
  *    makes one pass when non-blocking), so src is not read again in this
- *    call; the level-triggered loop says so if more arrived meanwhile;
+ *    call; the level-triggered loop says so if more arrived meanwhile.
+ *    Not under FP_DRAIN (edge-triggered callers): there a read stops only at
+ *    EAGAIN, EOF or an error, because the pass may also have stopped when
+ *    the pipe ran out of slots, or before a FIN or a reset queued behind the
+ *    data, and no new edge would ever report those;
  *  - a short write means dst's send buffer filled, so it counts as EAGAIN
- *    without paying for the EAGAIN.
+ *    without paying for the EAGAIN (the kernel set SOCK_NOSPACE before
+ *    returning short, so an edge-triggered EPOLLOUT follows too).
+ *
+ * Pipe pool (r->pool, engine.c): pipes are taken from it instead of pipe2(),
+ * and go back to it only empty (in_flight == 0). With a pool a pump also
+ * parks the pipe of a direction it leaves idle, so that idle connections
+ * hold no pipe (pipe-user-pages-soft counts a pipe's capacity, used or not).
  */
 #define _GNU_SOURCE
 #include "relay.h"
@@ -68,22 +78,65 @@ static int splice_unsupported(int err)
     return err == EINVAL || err == ENOSYS || err == EOPNOTSUPP;
 }
 
+static size_t clamp_chunk(size_t chunk)
+{
+    if (chunk < CHUNK_MIN)
+        return CHUNK_MIN;
+    if (chunk > CHUNK_MAX)
+        return CHUNK_MAX;
+    return chunk;
+}
+
+/* The capacity pipe2() gives: PIPE_DEF_BUFFERS (16) pages. */
+static size_t pipe_default_size(void)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+
+    return 16 * (size_t)(pg > 0 ? pg : 4096);
+}
+
+/* r's pool, if its pipes are the size r asks for. */
+static fp_pipe_pool *pool_of(const fp_relay *r)
+{
+    return r->pool && r->pool->chunk == r->chunk ? r->pool : NULL;
+}
+
+/* Gives d's pipe to the pool if it is certainly empty and the pool takes it.
+ * Returns 1 when the pool took it (d no longer has a pipe). */
+static int pool_give(fp_relay *r, fp_relay_dir *d)
+{
+    fp_pipe_pool *p = pool_of(r);
+
+    if (!p || !d->pipe_cap || d->in_flight || d->pipe_cap != p->cap || p->n >= p->max)
+        return 0;
+    p->fds[2 * p->n] = d->pipe_r;
+    p->fds[2 * p->n + 1] = d->pipe_w;
+    p->n++;
+    p->returned++;
+    d->pipe_r = d->pipe_w = -1;
+    d->pipe_cap = 0;
+    return 1;
+}
+
 /* pipe_cap != 0 marks the pipe as ours, so that a zero-filled fp_relay that
  * never went through fp_relay_init() (say, a wrapper whose constructor
- * failed early) does not close fd 0 when freed. */
-static void close_pipe(fp_relay_dir *d)
+ * failed early) does not close fd 0 when freed. The pool is looked at only
+ * then, so a relay freed after its engine (pool gone) touches no pool. */
+static void close_pipe(fp_relay *r, fp_relay_dir *d)
 {
-    if (d->pipe_cap) {
+    if (d->pipe_cap && !pool_give(r, d)) {
         close(d->pipe_r);
         close(d->pipe_w);
+        if (pool_of(r))
+            pool_of(r)->closed++;
     }
     d->pipe_r = d->pipe_w = -1;
     d->pipe_cap = 0;
 }
 
-static void release(fp_relay_dir *d)
+static void release(fp_relay *r, fp_relay_dir *d)
 {
-    close_pipe(d);
+    close_pipe(r, d);
     free(d->buf);
     d->buf = NULL;
     d->buf_off = d->buf_len = 0;
@@ -91,13 +144,30 @@ static void release(fp_relay_dir *d)
 
 static int open_pipe(fp_relay *r, fp_relay_dir *d)
 {
+    fp_pipe_pool *pool = pool_of(r);
+    size_t def;
     int p[2], cap;
 
+    if (pool && pool->n && pool->cap) {
+        pool->n--;
+        d->pipe_r = pool->fds[2 * pool->n];
+        d->pipe_w = pool->fds[2 * pool->n + 1];
+        d->pipe_cap = pool->cap;
+        pool->reused++;
+        return 0;
+    }
     if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0)
         return -1;
-    /* F_SETPIPE_SZ returns the size it set (a power-of-two number of pages),
-     * which saves an F_GETPIPE_SZ in the common case. */
-    cap = fcntl(p[1], F_SETPIPE_SZ, (int)r->chunk);
+    def = pipe_default_size();
+    /* The kernel's default size needs no fcntl() at all (the proxy's default
+     * buffer_bytes). Otherwise F_SETPIPE_SZ returns the size it set (a
+     * power-of-two number of pages), which saves an F_GETPIPE_SZ. */
+    cap = r->chunk == def ? (int)def : fcntl(p[1], F_SETPIPE_SZ, (int)r->chunk);
+    if (pool) {
+        pool->created++;
+        if (cap > 0 && !pool->cap)
+            pool->cap = (size_t)cap; /* what every pooled pipe has */
+    }
     if (cap < 0) {
         /* Refused (EPERM: above pipe-max-size, or this user's pipes already
          * hold pipe-user-pages-soft pages). The default is then not
@@ -156,20 +226,37 @@ static int propagate_eof(fp_relay *r, int i)
 
     if (!(d->flags & FP_DIR_EOF) || d->in_flight || (d->flags & FP_DIR_SHUT))
         return 0;
-    if (shutdown(d->dst, SHUT_WR) < 0)
+    /* The last direction of a relay whose caller closes both sockets on
+     * FP_RELAY_DONE: close() sends this FIN. Both sockets were read to EOF,
+     * so the close cannot turn into a RST for unread data. */
+    if (!(r->fin_by_close && (r->dir[1 - i].flags & FP_DIR_SHUT)) && shutdown(d->dst, SHUT_WR) < 0)
         return fail(r, DST_SIDE(i), errno);
     d->flags |= FP_DIR_SHUT;
     d->flags &= ~(unsigned)(FP_DIR_DST_FULL | FP_DIR_STALL);
     /* This direction is over, the connection may not be: give back the
      * pipe's fds and pages now. */
-    release(d);
+    release(r, d);
     return 0;
+}
+
+/* After a pump's loop over direction d: did its reads leave src with bytes
+ * that no new readiness edge will announce? Only when they stopped for the
+ * budget or the step bound; a full pipe, FP_DIR_STALL or a full fallback
+ * buffer suppress reading, and dst's writability resumes it. */
+static void note_more(fp_relay_dir *d, int try_read, int drained, size_t budget, int step)
+{
+    if (!try_read)
+        return;
+    if (drained || (d->flags & FP_DIR_EOF))
+        d->flags &= ~(unsigned)FP_DIR_MORE;
+    else if (!budget || step >= PUMP_STEPS)
+        d->flags |= FP_DIR_MORE;
 }
 
 /* read()/write() through d->buf. Bytes that splice() left in the pipe go out
  * first, in order, read from the pipe into the buffer (the dst may be the
  * fd that refused splice, so the pipe cannot simply be spliced out). */
-static int pump_copy(fp_relay *r, int i, int try_read)
+static int pump_copy(fp_relay *r, int i, int try_read, int drain)
 {
     fp_relay_dir *d = &r->dir[i];
     size_t budget = PUMP_BUDGET;
@@ -221,14 +308,14 @@ static int pump_copy(fp_relay *r, int i, int try_read)
             continue;
         }
         if (d->pipe_cap)
-            close_pipe(d); /* drained, and never used again in this mode */
+            close_pipe(r, d); /* drained, and never used again in this mode */
         if (!try_read || drained || (d->flags & FP_DIR_EOF) || !budget)
             break;
         n = recv(d->src, d->buf, r->chunk, MSG_DONTWAIT);
         if (n > 0) {
             budget -= (size_t)n < budget ? (size_t)n : budget;
             d->in_flight = d->buf_len = (size_t)n;
-            if ((size_t)n < r->chunk)
+            if ((size_t)n < r->chunk && !drain)
                 drained = 1;
         } else if (n == 0) {
             d->flags |= FP_DIR_EOF;
@@ -238,17 +325,18 @@ static int pump_copy(fp_relay *r, int i, int try_read)
             return fail(r, SRC_SIDE(i), errno);
         }
     }
+    note_more(d, try_read, drained, budget, step);
     return propagate_eof(r, i);
 }
 
-static int to_fallback(fp_relay *r, int i, int try_read)
+static int to_fallback(fp_relay *r, int i, int try_read, int drain)
 {
     r->dir[i].flags |= FP_DIR_FALLBACK;
     r->dir[i].flags &= ~(unsigned)FP_DIR_STALL;
-    return pump_copy(r, i, try_read);
+    return pump_copy(r, i, try_read, drain);
 }
 
-static int pump_splice(fp_relay *r, int i, int try_read)
+static int pump_splice(fp_relay *r, int i, int try_read, int drain)
 {
     fp_relay_dir *d = &r->dir[i];
     size_t budget = PUMP_BUDGET;
@@ -277,7 +365,7 @@ static int pump_splice(fp_relay *r, int i, int try_read)
             } else if (errno == EINTR) {
                 continue;
             } else if (splice_unsupported(errno)) {
-                return to_fallback(r, i, try_read);
+                return to_fallback(r, i, try_read, drain);
             } else {
                 return fail(r, DST_SIDE(i), errno);
             }
@@ -296,7 +384,7 @@ static int pump_splice(fp_relay *r, int i, int try_read)
         if (n > 0) {
             budget -= (size_t)n < budget ? (size_t)n : budget;
             d->in_flight += (size_t)n;
-            if ((size_t)n < room)
+            if ((size_t)n < room && !drain)
                 drained = 1;
         } else if (n == 0) {
             d->flags |= FP_DIR_EOF;
@@ -305,7 +393,7 @@ static int pump_splice(fp_relay *r, int i, int try_read)
         } else if (errno == EINTR) {
             continue;
         } else if (splice_unsupported(errno)) {
-            return to_fallback(r, i, try_read);
+            return to_fallback(r, i, try_read, drain);
         } else {
             return fail(r, SRC_SIDE(i), errno);
         }
@@ -317,10 +405,11 @@ static int pump_splice(fp_relay *r, int i, int try_read)
      * writability is bound to come, and the write clears the flag. */
     if (drained && d->in_flight)
         d->flags |= FP_DIR_STALL;
+    note_more(d, try_read, drained, budget, step);
     return propagate_eof(r, i);
 }
 
-static int pump_dir(fp_relay *r, int i, int src_ready, int dst_ready)
+static int pump_dir(fp_relay *r, int i, int src_ready, int dst_ready, int drain)
 {
     fp_relay_dir *d = &r->dir[i];
     int try_read = !(d->flags & FP_DIR_EOF) && (src_ready || read_suppressed(d));
@@ -328,16 +417,16 @@ static int pump_dir(fp_relay *r, int i, int src_ready, int dst_ready)
     if (dst_ready)
         d->flags &= ~(unsigned)FP_DIR_DST_FULL;
     if (d->flags & FP_DIR_FALLBACK)
-        return pump_copy(r, i, try_read);
+        return pump_copy(r, i, try_read, drain);
     if (!d->pipe_cap) {
         if (!try_read)
             return 0;
         /* Out of fds or pipe memory: copying through user space beats
          * dropping the connection. */
         if (open_pipe(r, d) < 0)
-            return to_fallback(r, i, try_read);
+            return to_fallback(r, i, try_read, drain);
     }
-    return pump_splice(r, i, try_read);
+    return pump_splice(r, i, try_read, drain);
 }
 
 static int wants(const fp_relay *r)
@@ -357,16 +446,29 @@ static int wants(const fp_relay *r)
     return w;
 }
 
+int fp_relay_carry(const fp_relay *r)
+{
+    int i, w = 0;
+
+    for (i = 0; i < 2; i++) {
+        const fp_relay_dir *d = &r->dir[i];
+
+        if (d->flags & FP_DIR_SHUT)
+            continue;
+        if (d->in_flight && !(d->flags & FP_DIR_DST_FULL))
+            w |= want_write[i];
+        if ((d->flags & FP_DIR_MORE) && !(d->flags & FP_DIR_EOF) && !read_suppressed(d))
+            w |= want_read[i];
+    }
+    return w;
+}
+
 void fp_relay_init(fp_relay *r, int a, int b, size_t chunk)
 {
     int i;
 
     memset(r, 0, sizeof(*r));
-    if (chunk < CHUNK_MIN)
-        chunk = CHUNK_MIN;
-    if (chunk > CHUNK_MAX)
-        chunk = CHUNK_MAX;
-    r->chunk = chunk;
+    r->chunk = clamp_chunk(chunk);
     r->reset_side = -1;
     r->dir[0].src = a;
     r->dir[0].dst = b;
@@ -396,7 +498,7 @@ int fp_relay_pump(fp_relay *r, int events)
 
         if ((d->flags & FP_DIR_SHUT) || !(src_ready || dst_ready))
             continue;
-        if (pump_dir(r, i, src_ready, dst_ready) < 0)
+        if (pump_dir(r, i, src_ready, dst_ready, events & FP_DRAIN) < 0)
             return FP_RELAY_RESET;
     }
     /* Bytes were read iff in_flight changed or more was delivered. */
@@ -408,11 +510,42 @@ int fp_relay_pump(fp_relay *r, int events)
         r->activity++;
     if (r->dir[0].flags & r->dir[1].flags & FP_DIR_SHUT)
         return FP_RELAY_DONE;
+    /* Park the empty pipe of an idle direction (no syscall either way); the
+     * next read takes one back. Fallback directions closed theirs already. */
+    if (r->pool)
+        for (i = 0; i < 2; i++)
+            if (!(r->dir[i].flags & FP_DIR_FALLBACK))
+                pool_give(r, &r->dir[i]);
     return wants(r);
 }
 
 void fp_relay_free(fp_relay *r)
 {
-    release(&r->dir[0]);
-    release(&r->dir[1]);
+    release(r, &r->dir[0]);
+    release(r, &r->dir[1]);
+}
+
+int fp_pipe_pool_init(fp_pipe_pool *p, size_t chunk, unsigned max)
+{
+    memset(p, 0, sizeof(*p));
+    p->chunk = clamp_chunk(chunk);
+    p->max = max;
+    if (max) {
+        p->fds = calloc((size_t)max * 2, sizeof(int));
+        if (!p->fds)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+void fp_pipe_pool_destroy(fp_pipe_pool *p)
+{
+    while (p->fds && p->n) {
+        p->n--;
+        close(p->fds[2 * p->n]);
+        close(p->fds[2 * p->n + 1]);
+    }
+    free(p->fds);
+    p->fds = NULL;
+    p->n = p->max = 0;
 }

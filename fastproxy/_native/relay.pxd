@@ -28,10 +28,11 @@ cdef extern from "relay.h" nogil:
         uint32_t activity
         int error
         int reset_side
+        void *user
+        unsigned eng_state
+        int eng_how
 
     void fp_relay_init(fp_relay *r, int a, int b, size_t chunk)
-    int fp_relay_pump(fp_relay *r, int events)
-    int fp_relay_start(fp_relay *r)
     void fp_relay_free(fp_relay *r)
 
 
@@ -49,3 +50,28 @@ cdef extern from "sockops.h" nogil:
     int fp_connect_result(int fd)
     void fp_sock_abort(int fd)
     void fp_sock_close(int fd)
+
+
+cdef extern from "engine.h" nogil:
+    enum:
+        FP_END_DONE
+        FP_END_RESET
+        FP_END_CONNECT_FAIL
+        FP_END_CONNECT_TIMEOUT
+        FP_END_ABORTED
+        FP_ENG_CONNECTING
+
+    ctypedef struct fp_engine:
+        pass
+
+    ctypedef struct fp_finished:
+        fp_relay *relay
+        int how
+
+    fp_engine *fp_engine_new(size_t chunk, unsigned pool_max)
+    int fp_engine_fd(const fp_engine *e)
+    int fp_engine_add(fp_engine *e, fp_relay *r, int connecting, void *user)
+    int fp_engine_run(fp_engine *e, fp_finished *out, int max, int *more)
+    void fp_engine_finish(fp_engine *e, fp_relay *r)
+    unsigned fp_engine_count(const fp_engine *e)
+    void fp_engine_free(fp_engine *e)

@@ -1,12 +1,14 @@
 # cython: language_level=3
-"""Thin wrappers over csrc/sockops.c and csrc/relay.c for the worker's L4 path.
+"""Thin wrappers over csrc/sockops.c, csrc/relay.c and csrc/engine.c: the worker's L4 path.
 
 Addresses cross this module as (ip: str, port: int) pairs; the family is the
-textual form's (":" means IPv6). Relay drives the C splice pump from the
-event loop's readiness callbacks and owns nothing but its pipes: the worker
-hands it two sockets and gets told, once, how the connection ended.
+textual form's (":" means IPv6). A Relay is one proxied connection's state;
+the Engine drives every relay of the worker from C through one epoll set,
+which the event loop watches as a single fd. Python runs once per batch of
+ready connections, and once when each connection ends.
 """
-from libc.errno cimport EINVAL
+from libc.errno cimport EINVAL, errno
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
@@ -22,13 +24,14 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_INET6
 
 DEF MAX_BATCH = 64
+DEF FINISHED_BATCH = 64
 
 # How a relay ended (passed to the owner's relay_closed callback).
-CLOSED_DONE = 0           # both halves closed cleanly
-CLOSED_RESET = 1          # one side reset or failed; both were aborted
-CLOSED_CONNECT_FAIL = 2   # the upstream connect failed (err says why)
-CLOSED_CONNECT_TIMEOUT = 3
-CLOSED_ABORTED = 4        # the worker aborted it (idle timeout, drain deadline)
+CLOSED_DONE = FP_END_DONE                      # both halves closed cleanly
+CLOSED_RESET = FP_END_RESET                    # one side reset or failed; both were aborted
+CLOSED_CONNECT_FAIL = FP_END_CONNECT_FAIL      # the upstream connect failed (err says why)
+CLOSED_CONNECT_TIMEOUT = FP_END_CONNECT_TIMEOUT
+CLOSED_ABORTED = FP_END_ABORTED                # the worker ended it (idle timeout, drain deadline)
 
 
 cdef int _to_addr(str ip, int port, fp_addr *out) except -1:
@@ -109,34 +112,18 @@ def close(int fd):
 cdef class Relay:
     """One proxied TCP connection: downstream socket a, upstream socket b.
 
-    Created in the connecting state when b's connect is still in progress.
-    When it ends it closes (or aborts) both sockets and calls
-    owner.relay_closed(relay, how, err) exactly once.
+    Inert until Engine.add(); from then on the engine owns its progress and
+    reports its end exactly once, through the owner's relay_closed().
     """
     cdef fp_relay r
-    cdef object loop
-    cdef object owner
-    cdef int want          # interests currently registered with the loop
-    cdef bint connecting
-    cdef bint finished
+    cdef bint registered
     cdef object timer
-    cdef object cb_ra, cb_wa, cb_rb, cb_wb
     cdef public object route    # the worker's per-connection accounting handle
     cdef public uint64_t seen_activity
     cdef public double idle_since
 
-    def __cinit__(self, loop, int a, int b, bint connecting, size_t chunk, owner):
+    def __cinit__(self, int a, int b, size_t chunk):
         fp_relay_init(&self.r, a, b, chunk)
-        self.loop = loop
-        self.owner = owner
-        self.want = 0
-        self.connecting = connecting
-        self.finished = False
-        self.timer = None
-        self.cb_ra = self._on_read_a
-        self.cb_wa = self._on_write_a
-        self.cb_rb = self._on_read_b
-        self.cb_wb = self._on_write_b
 
     def __dealloc__(self):
         fp_relay_free(&self.r)
@@ -152,15 +139,6 @@ cdef class Relay:
         self.r.dir[1].ctr[0] = c + up_rx if up_rx >= 0 else NULL
         self.r.dir[1].ctr[1] = c + down_tx if down_tx >= 0 else NULL
 
-    def start(self, double connect_timeout=0.0):
-        self.idle_since = self.loop.time()
-        if self.connecting:
-            self._apply(FP_WRITE_B)
-            if connect_timeout > 0:
-                self.timer = self.loop.call_later(connect_timeout, self._on_connect_timeout)
-        else:
-            self._apply(fp_relay_start(&self.r))
-
     @property
     def activity(self):
         return self.r.activity
@@ -174,98 +152,101 @@ cdef class Relay:
         return self.r.dir[0].copied + self.r.dir[1].copied
 
     @property
-    def fds(self):
-        return (self.r.dir[0].src, self.r.dir[0].dst)
+    def error(self):
+        return self.r.error
 
-    def abort(self):
-        """Ends the connection now with a reset on both sides."""
-        if not self.finished:
-            self._finish(CLOSED_ABORTED, 0)
 
-    # -- event loop plumbing -------------------------------------------------
+cdef class Engine:
+    """The worker's relays, driven from C. The loop watches one fd: ours."""
+    cdef fp_engine *e
+    cdef object loop
+    cdef object owner
+    cdef bint soon          # a run is already scheduled with call_soon
+    cdef int efd
 
-    cdef void _apply(self, int want) except *:
-        """Brings the loop's registrations in line with `want`."""
-        cdef int changed = want ^ self.want
-        cdef int a = self.r.dir[0].src
-        cdef int b = self.r.dir[0].dst
-        if changed & FP_READ_A:
-            if want & FP_READ_A:
-                self.loop.add_reader(a, self.cb_ra)
-            else:
-                self.loop.remove_reader(a)
-        if changed & FP_WRITE_A:
-            if want & FP_WRITE_A:
-                self.loop.add_writer(a, self.cb_wa)
-            else:
-                self.loop.remove_writer(a)
-        if changed & FP_READ_B:
-            if want & FP_READ_B:
-                self.loop.add_reader(b, self.cb_rb)
-            else:
-                self.loop.remove_reader(b)
-        if changed & FP_WRITE_B:
-            if want & FP_WRITE_B:
-                self.loop.add_writer(b, self.cb_wb)
-            else:
-                self.loop.remove_writer(b)
-        self.want = want
+    def __cinit__(self, loop, size_t chunk, unsigned pool_max, owner):
+        self.e = fp_engine_new(chunk, pool_max)
+        if self.e == NULL:
+            raise OSError(errno, "cannot create the relay engine")
+        self.loop = loop
+        self.owner = owner
+        self.soon = False
+        self.efd = fp_engine_fd(self.e)
+        loop.add_reader(self.efd, self.run)
 
-    cdef void _pump(self, int events) except *:
-        cdef int res = fp_relay_pump(&self.r, events)
-        if res & FP_RELAY_DONE:
-            self._finish(CLOSED_DONE, 0)
-        elif res & FP_RELAY_RESET:
-            self._finish(CLOSED_RESET, self.r.error)
-        elif res != self.want:
-            self._apply(res)
+    def __dealloc__(self):
+        if self.e != NULL:
+            fp_engine_free(self.e)
+            self.e = NULL
 
-    def _on_read_a(self):
-        self._pump(FP_READ_A)
-
-    def _on_write_a(self):
-        self._pump(FP_WRITE_A)
-
-    def _on_read_b(self):
-        self._pump(FP_READ_B)
-
-    def _on_write_b(self):
-        cdef int err
-        if self.connecting:
-            err = -fp_connect_result(self.r.dir[0].dst)
-            if err != 0:
-                self._finish(CLOSED_CONNECT_FAIL, err)
-                return
-            self.connecting = False
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            self._apply(fp_relay_start(&self.r))
+    def close(self, relays=()):
+        """Aborts `relays` (those still registered), then releases the epoll
+        set and the pooled pipes."""
+        if self.e == NULL:
             return
-        self._pump(FP_WRITE_B)
+        for r in list(relays):
+            self.finish(r)
+        self.loop.remove_reader(self.efd)
+        fp_engine_free(self.e)
+        self.e = NULL
 
-    def _on_connect_timeout(self):
-        self.timer = None
-        if self.connecting and not self.finished:
-            self._finish(CLOSED_CONNECT_TIMEOUT, 0)
+    @property
+    def count(self):
+        return fp_engine_count(self.e) if self.e != NULL else 0
 
-    cdef void _finish(self, int how, int err) except *:
-        cdef int a = self.r.dir[0].src
-        cdef int b = self.r.dir[0].dst
-        self.finished = True
-        self._apply(0)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        fp_relay_free(&self.r)
-        if how == CLOSED_DONE:
-            fp_sock_close(a)
-            fp_sock_close(b)
-        elif how == CLOSED_CONNECT_FAIL or how == CLOSED_CONNECT_TIMEOUT:
-            # The client learns of the failure as a reset, as with Envoy's tcp_proxy.
-            fp_sock_abort(a)
-            fp_sock_close(b)
-        else:
-            fp_sock_abort(a)
-            fp_sock_abort(b)
-        self.owner.relay_closed(self, how, err)
+    def add(self, Relay r, bint connecting, double connect_timeout):
+        cdef int rc = fp_engine_add(self.e, &r.r, connecting, <void *> r)
+        if rc < 0:
+            raise OSError(-rc, "cannot register the connection")
+        Py_INCREF(r)            # the engine holds a pointer into r until it reports r
+        r.registered = True
+        r.idle_since = self.loop.time()
+        if connecting and connect_timeout > 0:
+            r.timer = self.loop.call_later(connect_timeout, self._connect_timeout, r)
+        # Bytes may already wait on either socket; edge-triggered epoll has
+        # reported them at registration, so the next run will see them.
+
+    def run(self):
+        """Pumps every ready connection; reports the ones that ended."""
+        cdef fp_finished out[FINISHED_BATCH]
+        cdef int more = 0
+        cdef int n, i
+        cdef Relay r
+        if self.e == NULL:
+            return
+        self.soon = False
+        while True:
+            n = fp_engine_run(self.e, out, FINISHED_BATCH, &more)
+            if n < 0:
+                raise OSError(-n, "relay engine failed")
+            for i in range(n):
+                r = <Relay> out[i].relay.user
+                self._ended(r, out[i].how)
+            if n < FINISHED_BATCH:
+                break
+        if more and not self.soon:
+            self.soon = True
+            self.loop.call_soon(self.run)
+
+    def finish(self, Relay r):
+        """Ends r now (both sides reset, or a connect timeout while connecting)
+        and reports it, with how it really ended if it already had."""
+        if not r.registered or self.e == NULL:
+            return
+        fp_engine_finish(self.e, &r.r)
+        self._ended(r, r.r.eng_how)
+
+    def _connect_timeout(self, Relay r):
+        r.timer = None
+        if r.registered and (r.r.eng_state & FP_ENG_CONNECTING):
+            self.finish(r)
+
+    cdef void _ended(self, Relay r, int how) except *:
+        r.registered = False
+        if r.timer is not None:
+            r.timer.cancel()
+            r.timer = None
+        try:
+            self.owner.relay_closed(r, how, r.r.error)
+        finally:
+            Py_DECREF(r)

@@ -31,7 +31,7 @@ log = logging.getLogger("fastproxy.manager")
 
 # Settings a live reload cannot change: they size segments, processes or admin sockets.
 RESTART_ONLY = ("workers", "admin_address", "admin_port", "stats_port", "merged_metrics_port",
-                "health_port", "table_bytes", "counter_slots")
+                "health_port", "table_bytes", "counter_slots", "buffer_bytes")
 
 M_RESTARTS = Metric("fastproxy_worker_restarts_total", "counter", "Workers restarted after an unplanned exit.")
 M_WORKERS = Metric("fastproxy_workers", "gauge", "Worker processes alive.")

@@ -44,7 +44,7 @@ class Worker:
         self.table: RouteTable | None = None
         self.generation = 0
         self.listeners = ListenerSet(loop, self._on_accept)
-        self.l4 = L4Path(loop, self.view, self)
+        self.l4: L4Path | None = None       # built once the first table gives the pipe size
         self.stopping = False
         self.done = loop.create_future()
         self.last_sweep = 0.0
@@ -70,9 +70,13 @@ class Worker:
         self.view.set_applied_generation(gen)
 
     def start(self) -> None:
-        self._refresh(strict=True)
-        if self.table is None:
+        gen, payload = self.reader.read()
+        if gen == 0:
             raise RuntimeError("no routing table published")
+        first = RouteTable.decode(gen, payload)
+        # The pipe size is fixed for the worker's life: pooled pipes share it.
+        self.l4 = L4Path(self.loop, self.view, self, first.settings["buffer_bytes"])
+        self._refresh(strict=True)
         self.loop.call_later(TICK_S, self._tick)
 
     def _tick(self) -> None:
@@ -156,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         loop.add_signal_handler(signal.SIGINT, w.drain)
         loop.add_signal_handler(signal.SIGUSR1, w.stop_accepting)
         loop.run_until_complete(w.done)
+        w.l4.close()
         return 0
     finally:
         loop.close()

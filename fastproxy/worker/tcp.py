@@ -30,18 +30,20 @@ from ..stats.names import (
 
 _CONNECT_FAILED = (native.CLOSED_CONNECT_FAIL, native.CLOSED_CONNECT_TIMEOUT)
 _ACCEPT_BACKOFF_S = 0.1
+PIPE_POOL = 256   # empty pipes kept per worker for new connections
 
 
 class L4Path:
     """Owns this worker's relays and does the per-connection decisions."""
 
-    def __init__(self, loop, counters, worker):
+    def __init__(self, loop, counters, worker, chunk: int):
         self.loop = loop
         self.ctr = counters                 # CounterView of this worker's region
         self.ctr_base = counters.address    # the C relay bumps byte counters here directly
         self.worker = worker                # .current() -> RouteTable (checks the generation)
-        self.relays: set = set()
-        self.paused_until = 0.0
+        self.relays: set = set()            # for idle sweeps and drain; the engine drives them
+        self.chunk = chunk
+        self.engine = native.Engine(loop, chunk, PIPE_POOL, self)
 
     # -- accept ------------------------------------------------------------------
 
@@ -109,11 +111,18 @@ class L4Path:
             ctr.add(lb + L_CX_DESTROY, 1)
             native.abort(fd)
             return
-        r = native.Relay(self.loop, fd, ufd, in_progress, table.settings["buffer_bytes"], self)
+        r = native.Relay(fd, ufd, self.chunk)
         r.route = (lb, cb)
         r.set_counters(self.ctr_base, lb + L_RX_BYTES, lb + L_TX_BYTES, cb + C_RX_BYTES, cb + C_TX_BYTES)
+        try:
+            self.engine.add(r, in_progress, cluster.connect_timeout)
+        except OSError:
+            ctr.add(cb + C_CX_DESTROY, 1)
+            ctr.add(lb + L_CX_DESTROY, 1)
+            native.abort(fd)
+            native.close(ufd)
+            return
         self.relays.add(r)
-        r.start(cluster.connect_timeout)
 
     def _refuse(self, fd: int, reason_slot: int, lb: int, cluster: ClusterRoute | None = None) -> None:
         ctr = self.ctr
@@ -125,7 +134,7 @@ class L4Path:
         native.abort(fd)
 
     def relay_closed(self, r, how: int, err: int) -> None:
-        """Called once by the relay when it ends (the sockets are already closed)."""
+        """Called once by the engine when a relay ends (its sockets are already closed)."""
         self.relays.discard(r)
         lb, cb = r.route
         ctr = self.ctr
@@ -149,8 +158,11 @@ class L4Path:
                 r.idle_since = now
             elif now - r.idle_since >= idle_timeout:
                 self.ctr.add(G_IDLE_TIMEOUTS, 1)
-                r.abort()
+                self.engine.finish(r)
 
     def abort_all(self) -> None:
         for r in list(self.relays):
-            r.abort()
+            self.engine.finish(r)
+
+    def close(self) -> None:
+        self.engine.close(self.relays)

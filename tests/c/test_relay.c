@@ -34,7 +34,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -1040,6 +1042,92 @@ out:
     return ok;
 }
 
+/* FP_DRAIN (edge-triggered callers): 1000 bytes and a RST are both queued
+ * at A before one pump. Without FP_DRAIN the short read ends the pump (a
+ * level-triggered loop reports A again); with it the same single pump reads
+ * on into the reset. */
+static int drain_case(int drain)
+{
+    rig g;
+    int ok = 0, res, q = -1, k;
+
+    CHECK(rig_setup(&g, T_TCP, 64 * KiB) == 0, "setup: %s", strerror(errno));
+    g.pa.send_total = 1000;
+    peer_send(&g.pa);
+    CHECK(g.pa.sent == 1000, "sent %llu", (unsigned long long)g.pa.sent);
+    for (k = 0; k < 2000 && !(ioctl(g.pa.fd, SIOCOUTQ, &q) == 0 && q == 0); k++)
+        usleep(1000);
+    CHECK(q == 0, "not acknowledged");
+    sock_abort(g.pa.fd);
+    g.pa.fd = -1;
+    res = fp_relay_pump(&g.r, FP_READ_A | (drain ? FP_DRAIN : 0));
+    g.pumps++;
+    if (drain) {
+        CHECK(res == FP_RELAY_RESET, "result 0x%x", res);
+        CHECK(g.r.reset_side == 0 && g.r.error == ECONNRESET, "side %d error %s", g.r.reset_side,
+              strerror(g.r.error));
+        CHECK(g.r.dir[0].spliced == 1000, "delivered %llu before the reset", (unsigned long long)g.r.dir[0].spliced);
+        rig_finish(&g, res);
+        snprintf(detail, sizeof(detail), "one pump: 1000 bytes delivered, then RESET (side 0)");
+    } else {
+        CHECK(!(res & (FP_RELAY_RESET | FP_RELAY_DONE)) && (res & FP_READ_A), "result 0x%x", res);
+        CHECK(g.r.dir[0].spliced == 1000 && !(g.r.dir[0].flags & FP_DIR_MORE), "spliced %llu flags 0x%x",
+              (unsigned long long)g.r.dir[0].spliced, g.r.dir[0].flags);
+        /* The level-triggered loop reports A again; that pump sees the reset. */
+        res = fp_relay_pump(&g.r, FP_READ_A);
+        CHECK(res == FP_RELAY_RESET, "second pump 0x%x", res);
+        rig_finish(&g, res);
+        snprintf(detail, sizeof(detail), "short read ends the pump, next pump sees the reset");
+    }
+    ok = 1;
+out:
+    rig_teardown(&g);
+    return ok;
+}
+
+static int case_drain_off(void) { return drain_case(0); }
+static int case_drain_on(void) { return drain_case(1); }
+
+/* A pipe pool without the engine: the relays take pipes from it, give
+ * empty ones back (also when a direction goes idle), and the last FIN is
+ * left to close() (fin_by_close). */
+static int case_pool(void)
+{
+    fp_pipe_pool pool;
+    rig g;
+    int ok = 0, round, live = 0, fds0 = count_fds();
+
+    memset(&g, 0, sizeof(g));
+    g.ra = g.rb = g.pa.fd = g.pb.fd = -1;
+    CHECK(fp_pipe_pool_init(&pool, 64 * KiB, 2) == 0, "pool init");
+    live = 1;
+    for (round = 0; round < 3; round++) {
+        CHECK(rig_setup(&g, T_TCP, 64 * KiB) == 0, "setup: %s", strerror(errno));
+        g.r.pool = &pool;
+        g.r.fin_by_close = 1;
+        two_way(&g, 300 * KiB + (uint64_t)round, 100 * KiB);
+        CHECK(rig_run(&g, all_done, 20), "round %d: timeout, result 0x%x", round, g.result);
+        CHECK_DELIVERED(&g);
+        rig_teardown(&g);
+        CHECK(pool.n <= pool.max, "pool holds %u > %u", pool.n, pool.max);
+    }
+    CHECK(pool.created <= 2 && pool.reused >= 4 && pool.closed == 0 && pool.n == pool.created,
+          "created %llu reused %llu closed %llu pooled %u", (unsigned long long)pool.created,
+          (unsigned long long)pool.reused, (unsigned long long)pool.closed, pool.n);
+    snprintf(detail, sizeof(detail), "3 relays: %llu pipes made, %llu reuses, %u pooled; FIN by close()",
+             (unsigned long long)pool.created, (unsigned long long)pool.reused, pool.n);
+    fp_pipe_pool_destroy(&pool);
+    fp_pipe_pool_destroy(&pool);
+    live = 0;
+    CHECK(count_fds() == fds0, "fds %d -> %d", fds0, count_fds());
+    ok = 1;
+out:
+    rig_teardown(&g);
+    if (live)
+        fp_pipe_pool_destroy(&pool);
+    return ok;
+}
+
 typedef struct tcase {
     const char *name;
     int (*fn)(void);
@@ -1066,6 +1154,9 @@ static const tcase cases[] = {
     { "counters add up (shared and NULL slots)", case_counters },
     { "fp_relay_free twice, zeroed struct", case_free_twice },
     { "pipe size refused keeps the default", case_pipe_size_refused },
+    { "no FP_DRAIN: a short read ends the pump", case_drain_off },
+    { "FP_DRAIN: one pump reads data, then the RST", case_drain_on },
+    { "pipe pool + fin_by_close without the engine", case_pool },
 };
 
 /* ---- benchmark ---------------------------------------------------------- */
