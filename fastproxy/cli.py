@@ -41,7 +41,10 @@ def cmd_config_check(args) -> int:
 
 
 def cmd_config_env(args) -> int:
+    from .interception.flags import render_env_help as init_env_help
+
     print(render_env_help())
+    print(init_env_help())
     return 0
 
 

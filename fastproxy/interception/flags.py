@@ -207,6 +207,20 @@ def field_doc(name: str) -> str:
     return InitConfig.__dataclass_fields__[name].metadata["doc"]
 
 
+def render_env_help() -> str:
+    """The FASTPROXY_* variables of `fastproxy init`, for `fastproxy config env`
+    (those it shares with `fastproxy run` are listed there already)."""
+    defaults = InitConfig()
+    lines = []
+    for f in FLAGS:
+        if f.env in (FASTPROXY_OUTBOUND_PORT, FASTPROXY_INBOUND_PORT):
+            continue
+        value = getattr(defaults, f.field)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        lines.append(f"{f.env}\n    default: {shown}\n    (fastproxy init) {field_doc(f.field)}\n")
+    return "\n".join(lines)
+
+
 def _items(raw: str) -> list[str]:
     return [p.strip() for p in raw.split(",") if p.strip()]
 
