@@ -8,51 +8,11 @@
  *   ./build/bench_http1
  *
  * csrc/http1.c is linked as the build flags make it (scalar without
- * -msse4.2); a second copy is compiled into this file the other way, as in
- * test_http1.c, so one run measures both scanners.
+ * -msse4.2); a second copy is compiled into this file the other way (by
+ * testkit.h, as for test_http1.c), so one run measures both scanners.
  */
-#define _GNU_SOURCE
-#include "http1.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define HAVE_ALT 1
-#define http1_limits_init alt_http1_limits_init
-#define http1_parser_init alt_http1_parser_init
-#define http1_parser_reset alt_http1_parser_reset
-#define http1_parse_request alt_http1_parse_request
-#define http1_parse_response alt_http1_parse_response
-#define http1_chunked_init alt_http1_chunked_init
-#define http1_chunked_decode alt_http1_chunked_decode
-#define http1_request_framing alt_http1_request_framing
-#define http1_response_framing alt_http1_response_framing
-#define http1_span_ieq alt_http1_span_ieq
-#define http1_simd alt_http1_simd
-#ifdef __SSE4_2__
-#define HTTP1_NO_SIMD 1
-#include "../../csrc/http1.c"
-#else
-#pragma GCC push_options
-#pragma GCC target("sse4.2")
-#include "../../csrc/http1.c"
-#pragma GCC pop_options
-#endif
-#undef http1_limits_init
-#undef http1_parser_init
-#undef http1_parser_reset
-#undef http1_parse_request
-#undef http1_parse_response
-#undef http1_chunked_init
-#undef http1_chunked_decode
-#undef http1_request_framing
-#undef http1_response_framing
-#undef http1_span_ieq
-#undef http1_simd
-#endif
+#define TESTKIT_HTTP1_ALT 1 /* the second copy of csrc/http1.c, alt_ names */
+#include "testkit.h"
 
 /* What a sidecar sees from a browser behind an ingress: 10 fields. */
 static const char REQ[] =
@@ -78,14 +38,6 @@ typedef struct variant {
                    http1_framing *);
 } variant;
 
-static double now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
 static double run(const variant *v, const char *buf, size_t len, long iters, int with_framing)
 {
     http1_parser p;
@@ -95,7 +47,7 @@ static double run(const variant *v, const char *buf, size_t len, long iters, int
     int rep;
 
     for (rep = 0; rep < 7; rep++) {
-        double t0 = now_ns();
+        double t0 = tk_now_ns();
         long i;
         for (i = 0; i < iters; i++) {
             v->init(&p, h, 100, NULL);
@@ -111,7 +63,7 @@ static double run(const variant *v, const char *buf, size_t len, long iters, int
             }
             __asm__ __volatile__("" : : "r"(&p), "r"(&f) : "memory");
         }
-        double ns = (now_ns() - t0) / (double)iters;
+        double ns = (tk_now_ns() - t0) / (double)iters;
         if (ns < best)
             best = ns;
     }
@@ -125,7 +77,7 @@ int main(int argc, char **argv)
     char *buf = malloc(len);
     const variant vs[] = {
         {http1_simd, http1_parser_init, http1_parse_request, http1_request_framing},
-#ifdef HAVE_ALT
+#ifdef TK_HTTP1_HAVE_ALT
         {alt_http1_simd, alt_http1_parser_init, alt_http1_parse_request,
          alt_http1_request_framing},
 #endif

@@ -23,375 +23,24 @@
  *                                     is the main thread, so `strace -c` (no -f)
  *                                     counts the proxy's syscalls alone
  */
-#define _GNU_SOURCE
+#define TESTKIT_GOTO_CHECKS 1 /* CHECK(cond, fmt, ...): reason to tk_why, goto out */
+#include "testkit.h"
+
 #include "engine.h"
 #include "relay.h"
 #include "sockops.h"
 
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <linux/sockios.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
+#include <linux/perf_event.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <linux/perf_event.h>
 #include <sys/epoll.h>
-#include <sys/ioctl.h>
 #include <sys/syscall.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-
-#define KiB ((uint64_t)1 << 10)
-#define MiB ((uint64_t)1 << 20)
-
-/* ---- the byte pattern ------------------------------------------------------ */
-
-/* Stream offset o of the stream with seed s carries pat[(s + o) % PAT_LEN].
- * PAT_LEN is not a power of two: a dropped or doubled pipe-full shifts the
- * stream against the pattern. */
-#define PAT_LEN ((size_t)MiB + 7)
-static unsigned char pat[PAT_LEN];
-
-static void pat_init(void)
-{
-    uint32_t x = 2463534242u;
-    size_t i;
-
-    for (i = 0; i < PAT_LEN; i++) {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        pat[i] = (unsigned char)(x >> 11);
-    }
-}
-
-static int pat_ok(uint32_t seed, uint64_t off, const unsigned char *p, size_t n)
-{
-    while (n) {
-        size_t at = (size_t)((seed + off) % PAT_LEN), k = PAT_LEN - at;
-
-        if (k > n)
-            k = n;
-        if (memcmp(pat + at, p, k))
-            return 0;
-        p += k;
-        n -= k;
-        off += k;
-    }
-    return 1;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-
-    nanosleep(&ts, NULL);
-}
-
-/* ---- sockets ------------------------------------------------------------------ */
-
-static void set_nonblock(int fd, int on)
-{
-    int fl = fcntl(fd, F_GETFL);
-
-    if (fl >= 0)
-        fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
-}
-
-static void set_bufs(int fd, int rcv, int snd)
-{
-    if (rcv)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
-    if (snd)
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &snd, sizeof(snd));
-}
-
-/* Blocking I/O on fd gives up after `seconds` (EAGAIN): a thread blocked on a
- * relay that hangs ends instead of hanging the test. */
-static void set_timeouts(int fd, int seconds)
-{
-    struct timeval tv = { seconds, 0 };
-
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-}
-
-static void set_nodelay(int fd)
-{
-    int one = 1;
-
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
-/* A listener on 127.0.0.1, port 0; *sa gets its address. */
-static int listener(struct sockaddr_in *sa, int backlog, int rcv, int snd)
-{
-    socklen_t len = sizeof(*sa);
-    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    if (l < 0)
-        return -1;
-    memset(sa, 0, sizeof(*sa));
-    sa->sin_family = AF_INET;
-    sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    set_bufs(l, rcv, snd); /* inherited by accepted sockets */
-    if (bind(l, (struct sockaddr *)sa, sizeof(*sa)) < 0 || listen(l, backlog) < 0 ||
-        getsockname(l, (struct sockaddr *)sa, &len) < 0) {
-        close(l);
-        return -1;
-    }
-    return l;
-}
-
-/* Buffer sizes of one TCP pair, 0 = default; set before the handshake so
- * that the advertised window matches them. */
-typedef struct bufs {
-    int cli_rcv, cli_snd, srv_rcv, srv_snd;
-} bufs;
-
-/* *cli connected to *srv over 127.0.0.1, both non-blocking. */
-static int tcp_pair(int *cli, int *srv, const bufs *b)
-{
-    static const bufs none;
-    struct sockaddr_in sa;
-    int l, c, s;
-
-    if (!b)
-        b = &none;
-    l = listener(&sa, 1, b->srv_rcv, b->srv_snd);
-    if (l < 0)
-        return -1;
-    c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c < 0) {
-        close(l);
-        return -1;
-    }
-    set_bufs(c, b->cli_rcv, b->cli_snd);
-    if (connect(c, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        close(c);
-        close(l);
-        return -1;
-    }
-    s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-    close(l);
-    if (s < 0) {
-        close(c);
-        return -1;
-    }
-    set_nonblock(c, 1);
-    set_nonblock(s, 1);
-    *cli = c;
-    *srv = s;
-    return 0;
-}
-
-static void sock_abort(int fd)
-{
-    struct linger lg = { 1, 0 };
-
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    close(fd);
-}
-
-/* Waits (bounded) until every byte (and FIN) fd sent was acknowledged: it
- * then sits in the receiver's queue. */
-static int wait_acked(int fd, int ms)
-{
-    int k, q = -1;
-
-    for (k = 0; k < ms; k++) {
-        if (ioctl(fd, SIOCOUTQ, &q) == 0 && q == 0)
-            return 0;
-        sleep_ms(1);
-    }
-    return -1;
-}
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    int n = 0;
-
-    if (!d)
-        return -1;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1;
-}
-
-/* ---- scripted peers -------------------------------------------------------------- */
-
-typedef struct peer {
-    int fd;
-    uint32_t seed;          /* this peer's outgoing stream */
-    uint32_t expect_seed;   /* the other peer's stream */
-    uint64_t send_total, sent;
-    size_t piece;           /* bytes per send() (0: up to 256 KiB) */
-    uint64_t send_after;    /* send only once this much was received */
-    int send_after_eof;     /* send only after the other side's EOF */
-    int shut_after_send;    /* shutdown(SHUT_WR) once everything is sent */
-    int shut_done;
-    uint64_t close_after;   /* close() once this much was received and all was sent */
-    int close_on_eof;       /* close() once EOF was read and all was sent */
-    int closed;
-    int reading;            /* 0: a stalled receiver */
-    uint64_t read_until;    /* non-zero: stop reading at this stream offset */
-    uint64_t received;
-    int got_eof;
-    int mismatch;
-    uint64_t mismatch_at;
-    int64_t rst_after;      /* >= 0: abort once this much was received */
-    int first_err;          /* first errno of a send or recv */
-} peer;
-
-static void peer_init(peer *p, int fd, uint32_t seed, uint32_t expect_seed)
-{
-    memset(p, 0, sizeof(*p));
-    p->fd = fd;
-    p->seed = seed;
-    p->expect_seed = expect_seed;
-    p->reading = 1;
-    p->rst_after = -1;
-}
-
-static int peer_may_send(const peer *p)
-{
-    return p->fd >= 0 && !p->first_err && p->sent < p->send_total && p->received >= p->send_after &&
-           (!p->send_after_eof || p->got_eof);
-}
-
-static int peer_may_recv(const peer *p)
-{
-    return p->fd >= 0 && p->reading && !p->got_eof && !p->first_err &&
-           (!p->read_until || p->received < p->read_until);
-}
-
-static void peer_send(peer *p)
-{
-    int k;
-
-    for (k = 0; k < 64 && peer_may_send(p); k++) {
-        size_t at = (size_t)((p->seed + p->sent) % PAT_LEN), n = PAT_LEN - at;
-        uint64_t left = p->send_total - p->sent;
-        ssize_t w;
-
-        if (n > left)
-            n = (size_t)left;
-        if (n > 256 * KiB)
-            n = 256 * KiB;
-        if (p->piece && n > p->piece)
-            n = p->piece;
-        w = send(p->fd, pat + at, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0) {
-            if (errno != EAGAIN && errno != EINTR)
-                p->first_err = errno;
-            return;
-        }
-        p->sent += (uint64_t)w;
-    }
-}
-
-static void peer_recv(peer *p)
-{
-    static unsigned char buf[256 * 1024];
-    int k;
-
-    for (k = 0; k < 64 && peer_may_recv(p); k++) {
-        size_t want = sizeof(buf);
-        ssize_t n;
-
-        if (p->read_until && p->read_until - p->received < want)
-            want = (size_t)(p->read_until - p->received);
-        n = recv(p->fd, buf, want, MSG_DONTWAIT);
-        if (n > 0) {
-            if (!p->mismatch && !pat_ok(p->expect_seed, p->received, buf, (size_t)n)) {
-                p->mismatch = 1;
-                p->mismatch_at = p->received;
-            }
-            p->received += (uint64_t)n;
-        } else if (n == 0) {
-            p->got_eof = 1;
-        } else {
-            if (errno != EAGAIN && errno != EINTR)
-                p->first_err = errno;
-            return;
-        }
-    }
-}
-
-/* Actions that need no readiness. */
-static void peer_pre(peer *p)
-{
-    if (p->fd < 0)
-        return;
-    if (p->rst_after >= 0 && p->received >= (uint64_t)p->rst_after) {
-        sock_abort(p->fd);
-        p->fd = -1;
-        p->closed = 1;
-        return;
-    }
-    if (p->first_err)
-        return;
-    if (p->shut_after_send && !p->shut_done && p->sent == p->send_total && p->received >= p->send_after &&
-        (!p->send_after_eof || p->got_eof)) {
-        shutdown(p->fd, SHUT_WR);
-        p->shut_done = 1;
-    }
-    if ((p->close_after && p->received >= p->close_after && p->sent == p->send_total) ||
-        (p->close_on_eof && p->got_eof && p->sent == p->send_total)) {
-        close(p->fd);
-        p->fd = -1;
-        p->closed = 1;
-    }
-}
-
-static short peer_events(const peer *p)
-{
-    return (short)((peer_may_recv(p) ? POLLIN : 0) | (peer_may_send(p) ? POLLOUT : 0));
-}
-
-static int peer_done(const peer *p)
-{
-    if (p->first_err)
-        return 1;
-    if (p->close_after || p->close_on_eof || p->rst_after >= 0)
-        return p->closed;
-    if (p->fd < 0)
-        return 1;
-    if (p->reading && !p->got_eof)
-        return 0;
-    if (p->sent < p->send_total)
-        return 0;
-    return !p->shut_after_send || p->shut_done;
-}
 
 /* ---- connections and the world that drives them ---------------------------------- */
 
 typedef struct conn {
-    peer pa, pb;
+    tk_peer pa, pb;
     int ra, rb;             /* the relay's sockets; -1 once the engine closed them */
     fp_relay r;
     int added;              /* fp_engine_add() succeeded */
@@ -412,16 +61,8 @@ typedef struct world {
     char viol[256];
 } world;
 
-static void violation(world *w, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (w->viol[0])
-        return;
-    va_start(ap, fmt);
-    vsnprintf(w->viol, sizeof(w->viol), fmt, ap);
-    va_end(ap);
-}
+/* Keeps the first violation seen. */
+#define violation(w, ...) tk_keep_first((w)->viol, sizeof((w)->viol), __VA_ARGS__)
 
 static int world_init(world *w, size_t chunk, unsigned pool_max)
 {
@@ -432,7 +73,7 @@ static int world_init(world *w, size_t chunk, unsigned pool_max)
 
 /* Opens a connection: peer A <-> ra, rb <-> peer B, relay initialised (not
  * added). ab / bb: buffer sizes of the A-side and B-side pairs. */
-static conn *conn_open(world *w, size_t chunk, const bufs *ab, const bufs *bb)
+static conn *conn_open(world *w, size_t chunk, const tk_bufs *ab, const tk_bufs *bb)
 {
     conn *c;
     int pa, pb;
@@ -445,18 +86,18 @@ static conn *conn_open(world *w, size_t chunk, const bufs *ab, const bufs *bb)
         return NULL;
     c->ra = c->rb = -1;
     c->pa.fd = c->pb.fd = -1;
-    if (tcp_pair(&pa, &c->ra, ab) < 0) {
+    if (tk_tcp_pair(&pa, &c->ra, ab) < 0) {
         free(c);
         return NULL;
     }
-    if (tcp_pair(&c->rb, &pb, bb) < 0) {
+    if (tk_tcp_pair(&c->rb, &pb, bb) < 0) {
         close(pa);
         close(c->ra);
         free(c);
         return NULL;
     }
-    peer_init(&c->pa, pa, s, s + 333331u);
-    peer_init(&c->pb, pb, s + 333331u, s);
+    tk_peer_init(&c->pa, pa, s, s + 333331u);
+    tk_peer_init(&c->pb, pb, s + 333331u, s);
     fp_relay_init(&c->r, c->ra, c->rb, chunk);
     w->c[w->nc++] = c;
     return c;
@@ -551,21 +192,21 @@ static void world_engine(world *w)
 static int world_step(world *w, int timeout_ms)
 {
     static struct pollfd pf[1 + 2 * MAXC];
-    static peer *who[1 + 2 * MAXC];
+    static tk_peer *who[1 + 2 * MAXC];
     int n = 1, i, k, ready, had_more = w->more;
 
     for (i = 0; i < w->nc; i++) {
-        peer_pre(&w->c[i]->pa);
-        peer_pre(&w->c[i]->pb);
+        tk_peer_pre(&w->c[i]->pa);
+        tk_peer_pre(&w->c[i]->pb);
     }
     pf[0].fd = fp_engine_fd(w->e);
     pf[0].events = POLLIN;
     pf[0].revents = 0;
     for (i = 0; i < w->nc; i++) {
-        peer *ps[2] = { &w->c[i]->pa, &w->c[i]->pb };
+        tk_peer *ps[2] = { &w->c[i]->pa, &w->c[i]->pb };
 
         for (k = 0; k < 2; k++) {
-            short ev = peer_events(ps[k]);
+            short ev = tk_peer_events(ps[k]);
 
             if (!ev)
                 continue;
@@ -584,21 +225,21 @@ static int world_step(world *w, int timeout_ms)
     for (k = 1; k < n; k++) {
         if (!pf[k].revents)
             continue;
-        peer_recv(who[k]);
-        peer_send(who[k]);
+        tk_peer_recv(who[k]);
+        tk_peer_send(who[k]);
     }
     return ready || had_more;
 }
 
 static int world_run(world *w, int (*done)(world *), double seconds)
 {
-    double end = now() + seconds;
+    double end = tk_now() + seconds;
     unsigned long turns;
 
     for (turns = 0; turns < 20000000UL; turns++) {
         if (done(w))
             return 1;
-        if (now() > end)
+        if (tk_now() > end)
             return 0;
         world_step(w, 100);
     }
@@ -608,9 +249,9 @@ static int world_run(world *w, int (*done)(world *), double seconds)
 /* Runs until nothing happens for quiet_ms. 1 on quiet, 0 on deadline. */
 static int world_quiet(world *w, int quiet_ms, double seconds)
 {
-    double end = now() + seconds;
+    double end = tk_now() + seconds;
 
-    while (now() < end)
+    while (tk_now() < end)
         if (!world_step(w, quiet_ms))
             return 1;
     return 0;
@@ -625,7 +266,7 @@ static int all_done(world *w)
 
         if (!c->how && !c->finished)
             return 0;
-        if (!peer_done(&c->pa) || !peer_done(&c->pb))
+        if (!tk_peer_done(&c->pa) || !tk_peer_done(&c->pb))
             return 0;
     }
     return 1;
@@ -642,19 +283,6 @@ static int all_ended(world *w)
 }
 
 /* ---- case plumbing ----------------------------------------------------------------- */
-
-static char detail[320];
-static char why[320];
-
-#define CHECK(cond, ...)                                     \
-    do {                                                     \
-        if (!(cond)) {                                       \
-            snprintf(why, sizeof(why), __VA_ARGS__);         \
-            goto out;                                        \
-        }                                                    \
-    } while (0)
-
-#define NOTE(...) snprintf(detail + strlen(detail), sizeof(detail) - strlen(detail), __VA_ARGS__)
 
 /* What every case requires of the engine at its end. */
 #define CHECK_ENGINE(w)                                                                            \
@@ -728,7 +356,7 @@ static int case_bulk(void)
     c->r.dir[1].ctr[1] = &total;
     two_way(c, n, n + 5);
     CHECK(conn_add(&w, c, 0) == 0, "add failed");
-    t0 = now();
+    t0 = tk_now();
     CHECK(world_run(&w, all_done, 120), "timeout: how %d, a got %llu b got %llu", c->how,
           (unsigned long long)c->pa.received, (unsigned long long)c->pb.received);
     CHECK_ENGINE(&w);
@@ -741,8 +369,8 @@ static int case_bulk(void)
     world_stats(&w, &st);
     CHECK(st.pipes_created <= 2, "%llu pipes created for one connection", (unsigned long long)st.pipes_created);
     CHECK(fp_engine_count(w.e) == 0, "count %u after the end", fp_engine_count(w.e));
-    snprintf(detail, sizeof(detail), "2 x 64 MiB in %.2fs, %u pumps, %lu runs (%lu with more), %llu pended",
-             now() - t0, c->r.eng_pumps, w.runs, w.more_runs, (unsigned long long)st.pended);
+    DETAIL("2 x 64 MiB in %.2fs, %u pumps, %lu runs (%lu with more), %llu pended",
+           tk_now() - t0, c->r.eng_pumps, w.runs, w.more_runs, (unsigned long long)st.pended);
     ok = 1;
 out:
     world_free(&w);
@@ -794,10 +422,9 @@ static int case_short_many(void)
     CHECK(st.pipes_reused >= (uint64_t)n, "pipes reused only %llu times", (unsigned long long)st.pipes_reused);
     CHECK(fp_engine_count(w.e) == 0 && st.pending == 0 && st.queued == 0, "leftovers: count %u pending %u queued %u",
           fp_engine_count(w.e), st.pending, st.queued);
-    snprintf(detail, sizeof(detail),
-             "%d conns: %.1f pumps/conn (max %lu), %lu runs, %.2f events/conn, pipes: %llu created, %llu reused, pool %u",
-             n, (double)pumps / n, maxp, w.runs, (double)st.events / n, (unsigned long long)st.pipes_created,
-             (unsigned long long)st.pipes_reused, st.pool_size);
+    DETAIL("%d conns: %.1f pumps/conn (max %lu), %lu runs, %.2f events/conn, pipes: %llu created, %llu reused, pool %u",
+           n, (double)pumps / n, maxp, w.runs, (double)st.events / n, (unsigned long long)st.pipes_created,
+           (unsigned long long)st.pipes_reused, st.pool_size);
     ok = 1;
 out:
     world_free(&w);
@@ -820,7 +447,7 @@ static int burst_then(int b_sends, uint64_t bytes, int rst)
 {
     world w;
     conn *c;
-    peer *tx, *rx;
+    tk_peer *tx, *rx;
     int ok = 0, side = b_sends ? 1 : 0;
 
     CHECK(world_init(&w, 64 * KiB, 8) == 0, "engine: %s", strerror(errno));
@@ -832,14 +459,14 @@ static int burst_then(int b_sends, uint64_t bytes, int rst)
     CHECK(!c->how, "ended early: %d", c->how);
     /* The burst, with no engine run in between. */
     tx->send_total = bytes;
-    while (peer_may_send(tx))
-        peer_send(tx);
+    while (tk_peer_may_send(tx))
+        tk_peer_send(tx);
     CHECK(tx->sent == bytes, "sent only %llu", (unsigned long long)tx->sent);
     if (!rst)
         shutdown(tx->fd, SHUT_WR);
-    CHECK(wait_acked(tx->fd, 3000) == 0, "data not acknowledged");
+    CHECK(tk_wait_acked(tx->fd, 3000) == 0, "data not acknowledged");
     if (rst) {
-        sock_abort(tx->fd);
+        tk_sock_abort(tx->fd);
         tx->fd = -1;
         tx->closed = 1;
         CHECK(world_run(&w, all_ended, 10), "relay never ended (pumps %u): the reset was not seen",
@@ -854,8 +481,8 @@ static int burst_then(int b_sends, uint64_t bytes, int rst)
         CHECK(rx->first_err == ECONNRESET, "other peer saw %s (eof %d)",
               rx->first_err ? strerror(rx->first_err) : "no error", rx->got_eof);
         CHECK(!rx->mismatch, "byte mismatch");
-        snprintf(detail, sizeof(detail), "%llu bytes + RST in one wakeup: RESET side %d after %u pumps, peer got %llu bytes then ECONNRESET",
-                 (unsigned long long)bytes, side, c->r.eng_pumps, (unsigned long long)rx->received);
+        DETAIL("%llu bytes + RST in one wakeup: RESET side %d after %u pumps, peer got %llu bytes then ECONNRESET",
+               (unsigned long long)bytes, side, c->r.eng_pumps, (unsigned long long)rx->received);
     } else {
         tx->shut_done = 1;
         /* The other side answers after the EOF, then closes too. */
@@ -866,8 +493,8 @@ static int burst_then(int b_sends, uint64_t bytes, int rst)
               (unsigned long long)rx->received, rx->got_eof);
         CHECK_ENGINE(&w);
         CHECK_DELIVERED(c);
-        snprintf(detail, sizeof(detail), "%llu bytes + FIN in one wakeup: delivered, FIN forwarded, answered, DONE after %u pumps",
-                 (unsigned long long)bytes, c->r.eng_pumps);
+        DETAIL("%llu bytes + FIN in one wakeup: delivered, FIN forwarded, answered, DONE after %u pumps",
+               (unsigned long long)bytes, c->r.eng_pumps);
     }
     ok = 1;
 out:
@@ -884,7 +511,7 @@ static int half_close(int first_is_a)
 {
     world w;
     conn *c;
-    peer *first, *second;
+    tk_peer *first, *second;
     int ok = 0;
 
     CHECK(world_init(&w, 64 * KiB, 8) == 0, "engine: %s", strerror(errno));
@@ -901,8 +528,7 @@ static int half_close(int first_is_a)
           (unsigned long long)first->received, first->got_eof);
     CHECK_ENGINE(&w);
     CHECK_DELIVERED(c);
-    snprintf(detail, sizeof(detail), "dir %d shut first, 8 MiB answered after it, %u pumps", first_is_a ? 0 : 1,
-             c->r.eng_pumps);
+    DETAIL("dir %d shut first, 8 MiB answered after it, %u pumps", first_is_a ? 0 : 1, c->r.eng_pumps);
     ok = 1;
 out:
     world_free(&w);
@@ -919,16 +545,16 @@ static int backpressure(int dir)
 {
     world w;
     conn *c;
-    peer *tx, *rx;
+    tk_peer *tx, *rx;
     fp_relay_dir *d;
     fp_engine_stats st;
-    bufs small = { 4096, 0, 0, 4096 }; /* receiver's rcvbuf, relay's dst sndbuf */
+    tk_bufs small = { 4096, 0, 0, 4096 }; /* receiver's rcvbuf, relay's dst sndbuf */
     unsigned pumps_quiet;
     int ok = 0;
 
     CHECK(world_init(&w, 64 * KiB, 8) == 0, "engine: %s", strerror(errno));
     if (dir == 0)
-        c = conn_open(&w, 64 * KiB, NULL, &(bufs){ 0, 4096, 4096, 0 });
+        c = conn_open(&w, 64 * KiB, NULL, &(tk_bufs){ 0, 4096, 4096, 0 });
     else
         c = conn_open(&w, 64 * KiB, &small, NULL);
     CHECK(c, "setup: %s", strerror(errno));
@@ -949,8 +575,8 @@ static int backpressure(int dir)
     CHECK(st.pending == 0 && !w.more, "stalled relay left on the pending list");
     pumps_quiet = c->r.eng_pumps;
     CHECK(pumps_quiet < 2000, "%u pumps to fill the buffers", pumps_quiet);
-    snprintf(detail, sizeof(detail), "stalled holding %zu/%zu after %u pumps, flags 0x%x", d->in_flight,
-             d->pipe_cap, pumps_quiet, d->flags);
+    DETAIL("stalled holding %zu/%zu after %u pumps, flags 0x%x", d->in_flight,
+           d->pipe_cap, pumps_quiet, d->flags);
     /* Quiet means quiet: another 300 ms without a single pump. */
     CHECK(world_quiet(&w, 300, 5), "not quiet the second time");
     CHECK(c->r.eng_pumps == pumps_quiet, "%u pumps while stalled", c->r.eng_pumps - pumps_quiet);
@@ -975,25 +601,23 @@ static int case_backpressure_ba(void) { return backpressure(1); }
 static conn *conn_open_unix(world *w, size_t chunk)
 {
     conn *c;
-    int a[2], b[2];
+    int pa, pb;
     uint32_t s = 5 + 7919u * (uint32_t)w->nc;
 
     if (w->nc >= MAXC || !(c = calloc(1, sizeof(*c))))
         return NULL;
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, a) < 0) {
+    if (tk_unix_pair(&pa, &c->ra) < 0) {
         free(c);
         return NULL;
     }
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, b) < 0) {
-        close(a[0]);
-        close(a[1]);
+    if (tk_unix_pair(&c->rb, &pb) < 0) {
+        close(pa);
+        close(c->ra);
         free(c);
         return NULL;
     }
-    c->ra = a[1];
-    c->rb = b[0];
-    peer_init(&c->pa, a[0], s, s + 333331u);
-    peer_init(&c->pb, b[1], s + 333331u, s);
+    tk_peer_init(&c->pa, pa, s, s + 333331u);
+    tk_peer_init(&c->pb, pb, s + 333331u, s);
     fp_relay_init(&c->r, c->ra, c->rb, chunk);
     w->c[w->nc++] = c;
     return c;
@@ -1014,11 +638,11 @@ static int slot_stall(int unix_sockets)
     if (unix_sockets) {
         c = conn_open_unix(&w, 64 * KiB);
         if (c)
-            set_bufs(c->rb, 0, 4096);
+            tk_set_bufs(c->rb, 0, 4096);
     } else {
-        c = conn_open(&w, 64 * KiB, NULL, &(bufs){ 0, 4096, 4096, 0 });
+        c = conn_open(&w, 64 * KiB, NULL, &(tk_bufs){ 0, 4096, 4096, 0 });
         if (c)
-            set_nodelay(c->pa.fd);
+            tk_set_nodelay(c->pa.fd);
     }
     CHECK(c, "setup: %s", strerror(errno));
     d = &c->r.dir[0];
@@ -1033,8 +657,7 @@ static int slot_stall(int unix_sockets)
         CHECK_ENGINE(&w);
         CHECK(!c->how, "relay ended: %d", c->how);
         if (rounds == 0)
-            snprintf(detail, sizeof(detail), "stalled with %zu/%zu bytes in the pipe, flags 0x%x", d->in_flight,
-                     d->pipe_cap, d->flags);
+            DETAIL("stalled with %zu/%zu bytes in the pipe, flags 0x%x", d->in_flight, d->pipe_cap, d->flags);
         p0 = c->r.eng_pumps;
         CHECK(world_quiet(&w, 200, 5) && c->r.eng_pumps == p0, "round %d: pumps while stalled", rounds);
         c->pb.reading = 1;
@@ -1076,8 +699,8 @@ static int case_slot_short_read(void)
     CHECK((c = conn_open_unix(&w, 64 * KiB)), "setup: %s", strerror(errno));
     c->pa.piece = 100;
     c->pa.send_total = 20000;
-    while (peer_may_send(&c->pa))
-        peer_send(&c->pa);
+    while (tk_peer_may_send(&c->pa))
+        tk_peer_send(&c->pa);
     CHECK(c->pa.sent == 20000, "could queue only %llu bytes", (unsigned long long)c->pa.sent);
     CHECK(conn_add(&w, c, 0) == 0, "add failed");
     /* No half-close yet: A stays silent until B has everything. */
@@ -1086,7 +709,7 @@ static int case_slot_short_read(void)
           (unsigned long long)c->pb.received, c->r.eng_pumps);
     CHECK(c->pb.received == 20000 && !c->pb.mismatch, "B got %llu bytes, mismatch %d",
           (unsigned long long)c->pb.received, c->pb.mismatch);
-    snprintf(detail, sizeof(detail), "20000 bytes in 200 skbs, one edge: all delivered in %u pumps", c->r.eng_pumps);
+    DETAIL("20000 bytes in 200 skbs, one edge: all delivered in %u pumps", c->r.eng_pumps);
     c->pb.read_until = 0;
     two_way(c, 20000, 0);
     CHECK(world_run(&w, all_done, 10), "timeout at the end: how %d", c->how);
@@ -1113,9 +736,9 @@ static unsigned char flood_buf[256 * 1024];
 static void *flood_send(void *arg)
 {
     flood *f = arg;
-    double end = now() + f->seconds;
+    double end = tk_now() + f->seconds;
 
-    while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED) && now() < end) {
+    while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED) && tk_now() < end) {
         ssize_t w = send(f->fd, flood_buf, sizeof(flood_buf), MSG_NOSIGNAL);
 
         if (w < 0) {
@@ -1202,11 +825,11 @@ static void *pp_client(void *arg)
     unsigned char b[64], r[64];
     int i, e;
 
-    double start = now();
+    double start = tk_now();
 
     pp->flood_at_start = __atomic_load_n(&pp->watch->bytes, __ATOMIC_RELAXED);
-    for (i = 0; i < 100000 && (i < pp->rounds || now() - start < pp->seconds); i++) {
-        double t0 = now(), dt;
+    for (i = 0; i < 100000 && (i < pp->rounds || tk_now() - start < pp->seconds); i++) {
+        double t0 = tk_now(), dt;
 
         memset(b, i, sizeof(b));
         if (send(pp->cli, b, sizeof(b), MSG_NOSIGNAL) != (ssize_t)sizeof(b)) {
@@ -1218,7 +841,7 @@ static void *pp_client(void *arg)
             pp->err = e ? -e : EBADMSG;
             break;
         }
-        dt = now() - t0;
+        dt = tk_now() - t0;
         if (dt > pp->max_rtt)
             pp->max_rtt = dt;
         __atomic_store_n(&pp->done, i + 1, __ATOMIC_RELAXED);
@@ -1245,21 +868,21 @@ static int case_fairness(void)
     pthread_t t[4];
     int started = 0, ok = 0;
     fp_engine_stats st;
-    bufs big_a = { 0, 4 << 20, 4 << 20, 0 }, big_b = { 0, 4 << 20, 4 << 20, 0 };
+    tk_bufs big_a = { 0, 4 << 20, 4 << 20, 0 }, big_b = { 0, 4 << 20, 4 << 20, 0 };
     double t0;
 
     CHECK(world_init(&w, 64 * KiB, 8) == 0, "engine: %s", strerror(errno));
     CHECK((fc = conn_open(&w, 64 * KiB, &big_a, &big_b)), "setup: %s", strerror(errno));
     CHECK((pc = conn_open(&w, 64 * KiB, NULL, NULL)), "setup: %s", strerror(errno));
     /* The peers belong to threads now; the world only runs the engine. */
-    set_nonblock(fc->pa.fd, 0);
-    set_nonblock(fc->pb.fd, 0);
-    set_nonblock(pc->pa.fd, 0);
-    set_nonblock(pc->pb.fd, 0);
-    set_timeouts(fc->pa.fd, 20);
-    set_timeouts(fc->pb.fd, 20);
-    set_timeouts(pc->pa.fd, 20);
-    set_timeouts(pc->pb.fd, 20);
+    tk_set_nonblock(fc->pa.fd, 0);
+    tk_set_nonblock(fc->pb.fd, 0);
+    tk_set_nonblock(pc->pa.fd, 0);
+    tk_set_nonblock(pc->pb.fd, 0);
+    tk_set_timeouts(fc->pa.fd, 20);
+    tk_set_timeouts(fc->pb.fd, 20);
+    tk_set_timeouts(pc->pa.fd, 20);
+    tk_set_timeouts(pc->pb.fd, 20);
     tx.fd = fc->pa.fd;
     tx.seconds = 30;
     rx.fd = fc->pb.fd;
@@ -1273,18 +896,18 @@ static int case_fairness(void)
     pthread_create(&t[0], NULL, flood_recv, &rx);
     pthread_create(&t[1], NULL, flood_send, &tx);
     /* Let the flood get going before the round trips start. */
-    t0 = now();
-    while (now() - t0 < 0.3)
+    t0 = tk_now();
+    while (tk_now() - t0 < 0.3)
         world_step(&w, 10);
     pthread_create(&t[2], NULL, pp_server, &pp);
     pthread_create(&t[3], NULL, pp_client, &pp);
     started = 1;
-    t0 = now();
-    while (!__atomic_load_n(&pp.finished, __ATOMIC_ACQUIRE) && now() - t0 < 30)
+    t0 = tk_now();
+    while (!__atomic_load_n(&pp.finished, __ATOMIC_ACQUIRE) && tk_now() - t0 < 30)
         world_step(&w, 10);
     __atomic_store_n(&tx.stop, 1, __ATOMIC_RELAXED);
-    t0 = now();
-    while (!all_ended(&w) && now() - t0 < 30)
+    t0 = tk_now();
+    while (!all_ended(&w) && tk_now() - t0 < 30)
         world_step(&w, 10);
     pthread_join(t[0], NULL);
     pthread_join(t[1], NULL);
@@ -1303,10 +926,9 @@ static int case_fairness(void)
     CHECK(st.pended > 0 && w.more_runs > 0, "the budget never stopped the flood (pended %llu, more %lu)",
           (unsigned long long)st.pended, w.more_runs);
     CHECK(pp.max_rtt < 1.0, "worst round trip %.3fs", pp.max_rtt);
-    snprintf(detail, sizeof(detail),
-             "flood %llu MiB (%llu MiB during %d round trips, worst %.1f ms); %llu re-pumps from pending, %lu runs with more",
-             (unsigned long long)(tx.bytes >> 20), (unsigned long long)((pp.flood_at_end - pp.flood_at_start) >> 20),
-             pp.done, pp.max_rtt * 1e3, (unsigned long long)st.pended, w.more_runs);
+    DETAIL("flood %llu MiB (%llu MiB during %d round trips, worst %.1f ms); %llu re-pumps from pending, %lu runs with more",
+           (unsigned long long)(tx.bytes >> 20), (unsigned long long)((pp.flood_at_end - pp.flood_at_start) >> 20),
+           pp.done, pp.max_rtt * 1e3, (unsigned long long)st.pended, w.more_runs);
     ok = 1;
 out:
     if (started) {
@@ -1341,14 +963,14 @@ typedef struct slow_listener {
 static int slow_listener_open(slow_listener *s)
 {
     s->blocker = -1;
-    s->l = listener(&s->sa, 0, 0, 0);
+    s->l = tk_listener(&s->sa, 0, 0, 0);
     if (s->l < 0)
         return -1;
     s->blocker = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s->blocker < 0)
         return -1;
     connect(s->blocker, (struct sockaddr *)&s->sa, sizeof(s->sa));
-    return wait_acked(s->blocker, 1000) == 0 ? 0 : -1; /* established, queued */
+    return tk_wait_acked(s->blocker, 1000) == 0 ? 0 : -1; /* established, queued */
 }
 
 static void slow_listener_close(slow_listener *s)
@@ -1370,15 +992,15 @@ static conn *conn_open_connecting(world *w, size_t chunk, const struct sockaddr_
     if (w->nc >= MAXC || !(c = calloc(1, sizeof(*c))))
         return NULL;
     c->pb.fd = -1;
-    if (tcp_pair(&pa, &c->ra, NULL) < 0) {
+    if (tk_tcp_pair(&pa, &c->ra, NULL) < 0) {
         free(c);
         return NULL;
     }
     c->rb = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     rc = c->rb < 0 ? -1 : connect(c->rb, (const struct sockaddr *)sa, sizeof(*sa));
     *in_progress = rc < 0 && errno == EINPROGRESS;
-    peer_init(&c->pa, pa, s, s + 333331u);
-    peer_init(&c->pb, -1, s + 333331u, s);
+    tk_peer_init(&c->pa, pa, s, s + 333331u);
+    tk_peer_init(&c->pb, -1, s + 333331u, s);
     fp_relay_init(&c->r, c->ra, c->rb, chunk);
     w->c[w->nc++] = c;
     return c;
@@ -1404,8 +1026,8 @@ static int case_connect_progress(void)
     c->pa.shut_after_send = 1;
     CHECK(conn_add(&w, c, 1) == 0, "add failed");
     /* 300 ms: A sends and half-closes; the connect is stuck in SYN_SENT. */
-    t0 = now();
-    while (now() - t0 < 0.3)
+    t0 = tk_now();
+    while (tk_now() - t0 < 0.3)
         world_step(&w, 20);
     CHECK(!c->how, "ended while connecting: how %d (%s)", c->how, strerror(c->r.error));
     CHECK(c->pa.sent == 5000 && c->pa.shut_done, "A did not send its request");
@@ -1418,9 +1040,9 @@ static int case_connect_progress(void)
         close(acc);
     close(sl.blocker);
     sl.blocker = -1;
-    t0 = now();
+    t0 = tk_now();
     acc = -1;
-    while (acc < 0 && now() - t0 < 5) {
+    while (acc < 0 && tk_now() - t0 < 5) {
         struct pollfd p = { sl.l, POLLIN, 0 };
 
         world_step(&w, 10);
@@ -1428,7 +1050,7 @@ static int case_connect_progress(void)
             acc = accept4(sl.l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     }
     CHECK(acc >= 0, "the upstream never got the connection");
-    t_conn = now() - t0;
+    t_conn = tk_now() - t0;
     c->pb.fd = acc;
     c->pb.send_total = 3000;
     c->pb.send_after_eof = 1;
@@ -1440,8 +1062,8 @@ static int case_connect_progress(void)
     world_stats(&w, &st);
     CHECK(st.connects_ok == 1 && st.connects_failed == 0, "connects ok %llu failed %llu",
           (unsigned long long)st.connects_ok, (unsigned long long)st.connects_failed);
-    snprintf(detail, sizeof(detail), "request + FIN sent during a %.2fs connect: served after it, DONE in %u pumps",
-             t_conn, c->r.eng_pumps);
+    DETAIL("request + FIN sent during a %.2fs connect: served after it, DONE in %u pumps",
+           t_conn, c->r.eng_pumps);
     ok = 1;
 out:
     world_free(&w);
@@ -1482,8 +1104,7 @@ static int case_connect_refused(void)
     world_stats(&w, &st);
     CHECK(st.connects_failed == 1 && st.pipes_created == 0, "connects_failed %llu, pipes %llu",
           (unsigned long long)st.connects_failed, (unsigned long long)st.pipes_created);
-    snprintf(detail, sizeof(detail), "FP_END_CONNECT_FAIL (%s), client got ECONNRESET, no pump, no pipe",
-             strerror(c->r.error));
+    DETAIL("FP_END_CONNECT_FAIL (%s), client got ECONNRESET, no pump, no pipe", strerror(c->r.error));
     ok = 1;
 out:
     world_free(&w);
@@ -1506,8 +1127,8 @@ static int case_connect_timeout(void)
     CHECK(inprog, "connect did not stay in progress");
     c->pa.send_total = 10;
     CHECK(conn_add(&w, c, 1) == 0, "add failed");
-    t0 = now();
-    while (now() - t0 < 0.1)
+    t0 = tk_now();
+    while (tk_now() - t0 < 0.1)
         world_step(&w, 10);
     CHECK(!c->how && (c->r.eng_state & FP_ENG_CONNECTING), "not connecting: how %d state 0x%x", c->how,
           c->r.eng_state);
@@ -1515,13 +1136,13 @@ static int case_connect_timeout(void)
     CHECK(c->r.eng_how == FP_END_CONNECT_TIMEOUT && c->r.eng_state == 0, "eng_how %d state 0x%x", c->r.eng_how,
           c->r.eng_state);
     CHECK(fp_engine_count(w.e) == 0, "count %u", fp_engine_count(w.e));
-    t0 = now();
-    while (now() - t0 < 0.3)
+    t0 = tk_now();
+    while (tk_now() - t0 < 0.3)
         world_step(&w, 10);
     CHECK(c->reports == 0, "reported after fp_engine_finish()");
     CHECK(c->pa.first_err == ECONNRESET, "client saw %s", c->pa.first_err ? strerror(c->pa.first_err) : "no error");
     CHECK_ENGINE(&w);
-    snprintf(detail, sizeof(detail), "eng_how CONNECT_TIMEOUT, client reset, never reported");
+    DETAIL("eng_how CONNECT_TIMEOUT, client reset, never reported");
     ok = 1;
 out:
     world_free(&w);
@@ -1537,7 +1158,7 @@ static int case_finish_pending(void)
     conn *c, *other;
     fp_engine_stats st;
     fp_finished out[4];
-    bufs ab = { 0, 4 << 20, 4 << 20, 0 }, bb = { 0, 4 << 20, 4 << 20, 0 };
+    tk_bufs ab = { 0, 4 << 20, 4 << 20, 0 }, bb = { 0, 4 << 20, 4 << 20, 0 };
     int ok = 0, more = 0, k, n;
 
     CHECK(world_init(&w, 64 * KiB, 8) == 0, "engine: %s", strerror(errno));
@@ -1547,17 +1168,17 @@ static int case_finish_pending(void)
     CHECK(settle(&w), "never settled");
     c->pa.send_total = 6 * MiB;
     c->pb.reading = 0;
-    for (k = 0; k < 1000 && peer_may_send(&c->pa); k++)
-        peer_send(&c->pa);
+    for (k = 0; k < 1000 && tk_peer_may_send(&c->pa); k++)
+        tk_peer_send(&c->pa);
     CHECK(c->pa.sent > 3 * MiB, "could queue only %llu bytes", (unsigned long long)c->pa.sent);
-    wait_acked(c->pa.fd, 500);
+    tk_wait_acked(c->pa.fd, 500);
     n = fp_engine_run(w.e, out, 4, &more);
     CHECK(n == 0, "run: %d", n);
     world_stats(&w, &st);
     CHECK(more && st.pending == 1 && (c->r.eng_state & FP_ENG_QUEUED), "not pending: more %d pending %u state 0x%x, "
           "dir0 flags 0x%x in_flight %zu spliced %llu", more, st.pending, c->r.eng_state, c->r.dir[0].flags,
           c->r.dir[0].in_flight, (unsigned long long)c->r.dir[0].spliced);
-    snprintf(detail, sizeof(detail), "pending after %llu bytes (budget)", (unsigned long long)c->r.dir[0].spliced);
+    DETAIL("pending after %llu bytes (budget)", (unsigned long long)c->r.dir[0].spliced);
     conn_finish(&w, c);
     world_stats(&w, &st);
     CHECK(st.pending == 0 && fp_engine_count(w.e) == 1, "after finish: pending %u count %u", st.pending,
@@ -1588,7 +1209,7 @@ static int case_run_budget(void)
     world w;
     fp_engine_stats st;
     fp_finished out[8];
-    bufs ab = { 0, 4 << 20, 4 << 20, 0 }, bb = { 0, 4 << 20, 4 << 20, 0 };
+    tk_bufs ab = { 0, 4 << 20, 4 << 20, 0 }, bb = { 0, 4 << 20, 4 << 20, 0 };
     int ok = 0, more = 0, i, k, pumped1 = 0;
     uint32_t p0[6];
     uint64_t pumps0;
@@ -1606,12 +1227,12 @@ static int case_run_budget(void)
 
         c->pa.send_total = 6 * MiB;
         c->pb.reading = 0;
-        for (k = 0; k < 1000 && peer_may_send(&c->pa); k++)
-            peer_send(&c->pa);
+        for (k = 0; k < 1000 && tk_peer_may_send(&c->pa); k++)
+            tk_peer_send(&c->pa);
         CHECK(c->pa.sent >= 3 * MiB, "conn %d queued only %llu bytes", i, (unsigned long long)c->pa.sent);
     }
     for (i = 0; i < 6; i++) {
-        wait_acked(w.c[i]->pa.fd, 300);
+        tk_wait_acked(w.c[i]->pa.fd, 300);
         p0[i] = w.c[i]->r.eng_pumps;
     }
     world_stats(&w, &st);
@@ -1622,8 +1243,8 @@ static int case_run_budget(void)
         pumped1 += w.c[i]->r.eng_pumps > p0[i];
     CHECK(st.deferred > 0 && more && pumped1 < 6, "run 1: deferred %llu, more %d, %d relays pumped",
           (unsigned long long)st.deferred, more, pumped1);
-    snprintf(detail, sizeof(detail), "run 1 pumped %d relays (%llu pumps), deferred %llu", pumped1,
-             (unsigned long long)(st.pumps - pumps0), (unsigned long long)st.deferred);
+    DETAIL("run 1 pumped %d relays (%llu pumps), deferred %llu", pumped1,
+           (unsigned long long)(st.pumps - pumps0), (unsigned long long)st.deferred);
     CHECK(fp_engine_run(w.e, out, 8, &more) == 0, "run 2 ended a relay");
     for (i = 0; i < 6; i++)
         CHECK(w.c[i]->r.eng_pumps > p0[i], "relay %d deferred by run 1 was not served by run 2", i);
@@ -1665,8 +1286,8 @@ static int case_finish_queued(void)
         shutdown(c[i]->pa.fd, SHUT_WR);
         shutdown(c[i]->pb.fd, SHUT_WR);
         c[i]->pa.shut_after_send = c[i]->pb.shut_after_send = c[i]->pa.shut_done = c[i]->pb.shut_done = 1;
-        wait_acked(c[i]->pa.fd, 1000);
-        wait_acked(c[i]->pb.fd, 1000);
+        tk_wait_acked(c[i]->pa.fd, 1000);
+        tk_wait_acked(c[i]->pb.fd, 1000);
     }
     n = fp_engine_run(w.e, out, 1, &more);
     CHECK(n == 1 && more, "run gave %d, more %d", n, more);
@@ -1701,7 +1322,7 @@ static int case_finish_queued(void)
     CHECK(st.queued == 0 && st.pending == 0, "queued %u pending %u", st.queued, st.pending);
     CHECK(world_run(&w, all_done, 5), "peers not done");
     CHECK_ENGINE(&w);
-    snprintf(detail, sizeof(detail), "one reported, the queued one finished: not reported, fds not closed twice");
+    DETAIL("one reported, the queued one finished: not reported, fds not closed twice");
     ok = 1;
 out:
     for (i = 0; i < 4; i++)
@@ -1736,8 +1357,8 @@ static int case_pool_reuse(void)
     CHECK(st.pipes_reused >= 58 && st.pipes_closed == 0, "reused %llu closed %llu",
           (unsigned long long)st.pipes_reused, (unsigned long long)st.pipes_closed);
     CHECK(st.pool_size == st.pipes_created && w.max_pool <= 4, "pool %u, max seen %u", st.pool_size, w.max_pool);
-    snprintf(detail, sizeof(detail), "30 conns: %llu pipes created, %llu reuses, 0 closed, pool %u",
-             (unsigned long long)st.pipes_created, (unsigned long long)st.pipes_reused, st.pool_size);
+    DETAIL("30 conns: %llu pipes created, %llu reuses, 0 closed, pool %u",
+           (unsigned long long)st.pipes_created, (unsigned long long)st.pipes_reused, st.pool_size);
     ok = 1;
 out:
     world_free(&w);
@@ -1758,7 +1379,7 @@ static int case_pool_reset_with_bytes(void)
     int ok = 0;
 
     CHECK(world_init(&w, 64 * KiB, 4) == 0, "engine: %s", strerror(errno));
-    CHECK((c = conn_open(&w, 64 * KiB, NULL, &(bufs){ 0, 4096, 4096, 0 })), "setup: %s", strerror(errno));
+    CHECK((c = conn_open(&w, 64 * KiB, NULL, &(tk_bufs){ 0, 4096, 4096, 0 })), "setup: %s", strerror(errno));
     c->pb.reading = 0;
     c->pa.send_total = 1 * MiB;
     CHECK(conn_add(&w, c, 0) == 0, "add failed");
@@ -1767,7 +1388,7 @@ static int case_pool_reset_with_bytes(void)
     held = c->r.dir[0].in_flight;
     world_stats(&w, &st0);
     c->pa.rst_after = 0;
-    t0 = now();
+    t0 = tk_now();
     CHECK(world_run(&w, all_ended, 5), "reset not noticed while stalled (flags 0x%x)", c->r.dir[0].flags);
     CHECK(c->how == FP_END_RESET && c->r.reset_side == 0, "how %d side %d error %s", c->how, c->r.reset_side,
           strerror(c->r.error));
@@ -1779,8 +1400,8 @@ static int case_pool_reset_with_bytes(void)
     CHECK(world_run(&w, all_done, 5), "peer B did not see the end");
     CHECK(c->pb.first_err == ECONNRESET, "B saw %s", c->pb.first_err ? strerror(c->pb.first_err) : "no error");
     CHECK_ENGINE(&w);
-    snprintf(detail, sizeof(detail), "RESET %.0f ms after the RST (%s), the pipe holding %zu bytes closed, not pooled",
-             (now() - t0) * 1e3, strerror(c->r.error), held);
+    DETAIL("RESET %.0f ms after the RST (%s), the pipe holding %zu bytes closed, not pooled",
+           (tk_now() - t0) * 1e3, strerror(c->r.error), held);
     ok = 1;
 out:
     world_free(&w);
@@ -1797,7 +1418,7 @@ static int case_pool_max(void)
 
     CHECK(world_init(&w, 64 * KiB, 3) == 0, "engine: %s", strerror(errno));
     for (i = 0; i < 10; i++) {
-        conn *c = conn_open(&w, 64 * KiB, NULL, &(bufs){ 0, 4096, 4096, 0 });
+        conn *c = conn_open(&w, 64 * KiB, NULL, &(tk_bufs){ 0, 4096, 4096, 0 });
 
         CHECK(c, "setup %d: %s", i, strerror(errno));
         c->pb.reading = 0;
@@ -1817,9 +1438,9 @@ static int case_pool_max(void)
     CHECK(w.max_pool <= 3 && st.pool_size == 3, "pool %u, largest seen %u", st.pool_size, w.max_pool);
     CHECK(st.pipes_closed == st.pipes_created - 3, "created %llu closed %llu", (unsigned long long)st.pipes_created,
           (unsigned long long)st.pipes_closed);
-    snprintf(detail, sizeof(detail), "%llu pipes created, %llu returned, %llu closed, pool never above %u",
-             (unsigned long long)st.pipes_created, (unsigned long long)st.pipes_returned,
-             (unsigned long long)st.pipes_closed, w.max_pool);
+    DETAIL("%llu pipes created, %llu returned, %llu closed, pool never above %u",
+           (unsigned long long)st.pipes_created, (unsigned long long)st.pipes_returned,
+           (unsigned long long)st.pipes_closed, w.max_pool);
     ok = 1;
 out:
     world_free(&w);
@@ -1846,7 +1467,7 @@ static int case_fallback(void)
     CHECK((c->r.dir[0].flags & FP_DIR_FALLBACK) && c->r.dir[0].copied == 8 * MiB &&
               c->r.dir[1].copied == 8 * MiB + 1, "copied %llu/%llu", (unsigned long long)c->r.dir[0].copied,
           (unsigned long long)c->r.dir[1].copied);
-    snprintf(detail, sizeof(detail), "8 MiB each way copied, %u pumps", c->r.eng_pumps);
+    DETAIL("8 MiB each way copied, %u pumps", c->r.eng_pumps);
     ok = 1;
 out:
     world_free(&w);
@@ -1886,13 +1507,13 @@ static int case_sigpipe(void)
         if (!world_run(&w, all_done, 0.5) && !c->pa.got_eof)
             _exit(6);
         /* Now, with no run in between: B resets, A sends. */
-        sock_abort(c->pb.fd);
+        tk_sock_abort(c->pb.fd);
         c->pb.fd = -1;
         c->pb.closed = 1;
         c->pa.send_total = 1000;
-        while (peer_may_send(&c->pa))
-            peer_send(&c->pa);
-        wait_acked(c->pa.fd, 1000);
+        while (tk_peer_may_send(&c->pa))
+            tk_peer_send(&c->pa);
+        tk_wait_acked(c->pa.fd, 1000);
         if (!world_run(&w, all_ended, 5))
             code = 7;
         else if (c->how != FP_END_RESET || c->r.error != EPIPE)
@@ -1904,7 +1525,7 @@ static int case_sigpipe(void)
     CHECK(!WIFSIGNALED(st), "child killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
           "child status %d (4 no guard, 6 FIN, 7 no end, 8 not RESET/EPIPE)", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    snprintf(detail, sizeof(detail), "SIG_DFL: splice into a CLOSE_WAIT+RST socket -> EPIPE, SIGPIPE swallowed");
+    DETAIL("SIG_DFL: splice into a CLOSE_WAIT+RST socket -> EPIPE, SIGPIPE swallowed");
     ok = 1;
 out:
     return ok;
@@ -1941,19 +1562,14 @@ static int case_api_edges(void)
     fp_engine_finish(w.e, &z); /* never added: no-op */
     CHECK(fp_engine_count(w.e) == 0, "count %u", fp_engine_count(w.e));
     CHECK_ENGINE(&w);
-    snprintf(detail, sizeof(detail), "bad fd -> -EBADF, nothing registered; double add -EBUSY; finish twice harmless");
+    DETAIL("bad fd -> -EBADF, nothing registered; double add -EBUSY; finish twice harmless");
     ok = 1;
 out:
     world_free(&w);
     return ok;
 }
 
-typedef struct tcase {
-    const char *name;
-    int (*fn)(void);
-} tcase;
-
-static const tcase cases[] = {
+static const tk_timed_case cases[] = {
     { "bulk 64 MiB both ways, counters", case_bulk },
     { "200 short connections request/response/close", case_short_many },
     { "A: 1000 bytes + RST in one wakeup", case_rst_behind_data_a },
@@ -1989,9 +1605,6 @@ static int bench_short_main(int argc, char **argv);
 
 int main(int argc, char **argv)
 {
-    size_t i, n = sizeof(cases) / sizeof(cases[0]);
-    int passed = 0, failed = 0, fds_start;
-
     /* The worker's situation (CPython ignores SIGPIPE); case_sigpipe checks
      * the other one in a child. */
     signal(SIGPIPE, SIG_IGN);
@@ -2000,41 +1613,9 @@ int main(int argc, char **argv)
         return bench(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "--bench-short"))
         return bench_short_main(argc, argv);
-    pat_init();
-    fds_start = count_fds();
-    for (i = 0; i < n; i++) {
-        int before, ok, after;
-        double t0 = now();
-
-        /* ./test_engine -k WORD: only the cases whose name contains WORD. */
-        if (argc > 2 && !strcmp(argv[1], "-k") && !strstr(cases[i].name, argv[2]))
-            continue;
-        before = count_fds();
-        detail[0] = why[0] = 0;
-        ok = cases[i].fn();
-        after = count_fds();
-        if (ok && after != before) {
-            ok = 0;
-            snprintf(why, sizeof(why), "fd leak: %d fds before, %d after", before, after);
-        }
-        if (ok) {
-            passed++;
-            printf("%-50s ok    %.2fs  %s\n", cases[i].name, now() - t0, detail);
-        } else {
-            failed++;
-            printf("%-50s FAIL  %.2fs  %s\n", cases[i].name, now() - t0, why);
-        }
-        fflush(stdout);
-    }
-    if (count_fds() != fds_start) {
-        printf("%-50s FAIL  %d fds at start, %d at end\n", "no fd leaked overall", fds_start, count_fds());
-        failed++;
-    } else {
-        printf("%-50s ok\n", "no fd leaked overall");
-        passed++;
-    }
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    tk_pat_init();
+    /* ./test_engine -k WORD: only the cases whose name contains WORD. */
+    return tk_run_timed(cases, TK_NELEM(cases), 50, argc > 2 && !strcmp(argv[1], "-k") ? argv[2] : NULL);
 }
 
 /* ---- benchmark ------------------------------------------------------------------
@@ -2091,15 +1672,6 @@ static uint64_t sc_now(int fd)
     if (fd >= 0 && read(fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
         v = 0;
     return v;
-}
-
-static double thread_cpu(void)
-{
-    struct rusage ru;
-
-    getrusage(RUSAGE_THREAD, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
-           (double)ru.ru_stime.tv_usec * 1e-6;
 }
 
 /* ---- level-triggered driver, as the uvloop wrapper does it ---------------------- */
@@ -2166,7 +1738,7 @@ static int lt_event(int ep, lt_relay *x, int side, uint32_t e)
         getsockopt(b, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err) {
             lt_apply(ep, x, 0);
-            sock_abort(a);
+            tk_sock_abort(a);
             close(b);
             return FP_END_CONNECT_FAIL;
         }
@@ -2183,8 +1755,8 @@ static int lt_event(int ep, lt_relay *x, int side, uint32_t e)
             close(b);
             return FP_END_DONE;
         }
-        sock_abort(a);
-        sock_abort(b);
+        tk_sock_abort(a);
+        tk_sock_abort(b);
         return FP_END_RESET;
     }
     if (res != x->want)
@@ -2193,58 +1765,6 @@ static int lt_event(int ep, lt_relay *x, int side, uint32_t e)
 }
 
 /* ---- bulk ------------------------------------------------------------------------ */
-
-typedef struct xfer {
-    int fd;
-    uint64_t bytes, done;
-    double t_end;
-    int err;
-} xfer;
-
-static void *bulk_send(void *arg)
-{
-    xfer *x = arg;
-
-    while (x->done < x->bytes) {
-        uint64_t left = x->bytes - x->done;
-        ssize_t w = send(x->fd, flood_buf, left < sizeof(flood_buf) ? (size_t)left : sizeof(flood_buf), MSG_NOSIGNAL);
-
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            x->err = errno;
-            break;
-        }
-        x->done += (uint64_t)w;
-    }
-    shutdown(x->fd, SHUT_WR);
-    return NULL;
-}
-
-static void *bulk_recv(void *arg)
-{
-    xfer *x = arg;
-    unsigned char *buf = malloc(1 << 20);
-
-    while (buf) {
-        ssize_t n = recv(x->fd, buf, 1 << 20, 0);
-
-        if (n > 0) {
-            x->done += (uint64_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            x->err = errno;
-        break;
-    }
-    if (!buf)
-        x->err = ENOMEM;
-    x->t_end = now();
-    free(buf);
-    return NULL;
-}
 
 typedef struct bulk_res {
     double gibps, cpu;      /* GiB/s; the proxy thread's CPU seconds */
@@ -2257,32 +1777,31 @@ enum { M_DIRECT, M_ENGINE, M_LT };
 static bulk_res bench_bulk(int mode, uint64_t bytes, size_t chunk, int scfd)
 {
     bulk_res res = { 0 };
-    xfer tx = { 0 }, rx = { 0 };
+    tk_xfer tx = { 0 }, rx = { 0 };
     pthread_t t1, t2;
     int pa = -1, ra = -1, rb = -1, pb = -1, ended = 0;
     double t0, cpu0;
     uint64_t sc0;
 
     if (mode == M_DIRECT) {
-        if (tcp_pair(&pa, &pb, NULL) < 0)
+        if (tk_tcp_pair(&pa, &pb, NULL) < 0)
             return res;
-    } else if (tcp_pair(&pa, &ra, NULL) < 0 || tcp_pair(&rb, &pb, NULL) < 0) {
+    } else if (tk_tcp_pair(&pa, &ra, NULL) < 0 || tk_tcp_pair(&rb, &pb, NULL) < 0) {
         return res;
     }
-    set_nonblock(pa, 0);
-    set_nonblock(pb, 0);
-    set_timeouts(pa, 30);
-    set_timeouts(pb, 30);
+    tk_set_nonblock(pa, 0);
+    tk_set_nonblock(pb, 0);
+    tk_set_timeouts(pa, 30);
+    tk_set_timeouts(pb, 30);
     if (mode != M_DIRECT)
         shutdown(pb, SHUT_WR); /* one way: B -> A is empty */
-    tx.fd = pa;
-    tx.bytes = bytes;
+    tx = (tk_xfer){ .fd = pa, .buf = flood_buf, .len = sizeof(flood_buf), .bytes = bytes };
     rx.fd = pb;
-    t0 = now();
-    cpu0 = thread_cpu();
+    t0 = tk_now();
+    cpu0 = tk_thread_cpu();
     sc0 = sc_now(scfd);
-    pthread_create(&t2, NULL, bulk_recv, &rx);
-    pthread_create(&t1, NULL, bulk_send, &tx);
+    pthread_create(&t2, NULL, tk_xfer_recv, &rx);
+    pthread_create(&t1, NULL, tk_xfer_send, &tx);
     if (mode == M_ENGINE) {
         fp_engine *e = fp_engine_new(chunk, 8);
         fp_relay r;
@@ -2339,7 +1858,7 @@ static bulk_res bench_bulk(int mode, uint64_t bytes, size_t chunk, int scfd)
         ra = rb = -1;
     }
     if (mode != M_DIRECT) {
-        res.cpu = thread_cpu() - cpu0;
+        res.cpu = tk_thread_cpu() - cpu0;
         res.syscalls = sc_now(scfd) - sc0;
     }
     pthread_join(t1, NULL);
@@ -2388,7 +1907,7 @@ static void *upstream_thread(void *arg)
                         close(c);
                         continue;
                     }
-                    set_nodelay(c);
+                    tk_set_nodelay(c);
                     got[c] = 0;
                     ev.events = EPOLLIN;
                     ev.data.fd = c;
@@ -2434,9 +1953,9 @@ static void *client_thread(void *arg)
     int ep = epoll_create1(EPOLL_CLOEXEC), started = 0, live = 0;
     static int got[65536], sent[65536];
     struct epoll_event ev, evs[64];
-    double deadline = now() + 120;
+    double deadline = tk_now() + 120;
 
-    while ((cl->done + cl->failed < cl->total) && now() < deadline) {
+    while ((cl->done + cl->failed < cl->total) && tk_now() < deadline) {
         int n, k;
 
         while (live < cl->parallel && started < cl->total) {
@@ -2449,7 +1968,7 @@ static void *client_thread(void *arg)
                 started++;
                 continue;
             }
-            set_nodelay(c);
+            tk_set_nodelay(c);
             if (connect(c, (struct sockaddr *)&cl->proxy, sizeof(cl->proxy)) < 0 && errno != EINPROGRESS) {
                 close(c);
                 cl->failed++;
@@ -2498,7 +2017,7 @@ static void *client_thread(void *arg)
             }
         }
     }
-    cl->t_end = now();
+    cl->t_end = tk_now();
     close(ep);
     return NULL;
 }
@@ -2529,12 +2048,12 @@ static short_res bench_short(int lt, int total, int parallel, int scfd)
     double t0, cpu0;
     uint64_t sc0, pumps = 0, runs = 0;
 
-    up.l = listener(&up.sa, 4096, 0, 0);
-    l = listener(&cl.proxy, 4096, 0, 0);
+    up.l = tk_listener(&up.sa, 4096, 0, 0);
+    l = tk_listener(&cl.proxy, 4096, 0, 0);
     if (up.l < 0 || l < 0)
         return res;
-    set_nonblock(up.l, 1);
-    set_nonblock(l, 1);
+    tk_set_nonblock(up.l, 1);
+    tk_set_nonblock(l, 1);
     cl.total = total;
     cl.parallel = parallel;
     /* Relay memory: a free list of preallocated relays, as the wrapper's
@@ -2553,11 +2072,11 @@ static short_res bench_short(int lt, int total, int parallel, int scfd)
         e = fp_engine_new(65536, 256);
     }
     pthread_create(&tu, NULL, upstream_thread, &up);
-    t0 = now();
-    cpu0 = thread_cpu();
+    t0 = tk_now();
+    cpu0 = tk_thread_cpu();
     sc0 = sc_now(scfd);
     pthread_create(&tc, NULL, client_thread, &cl);
-    while (now() - t0 < 180) {
+    while (tk_now() - t0 < 180) {
         struct pollfd pf[2];
         int fds[64], n, i;
 
@@ -2661,7 +2180,7 @@ static short_res bench_short(int lt, int total, int parallel, int scfd)
         }
     }
     res.syscalls = (double)(sc_now(scfd) - sc0);
-    res.cpu_us = (thread_cpu() - cpu0) * 1e6;
+    res.cpu_us = (tk_thread_cpu() - cpu0) * 1e6;
     pthread_join(tc, NULL);
     __atomic_store_n(&up.stop, 1, __ATOMIC_RELAXED);
     pthread_join(tu, NULL);
@@ -2700,16 +2219,9 @@ static short_res bench_short(int lt, int total, int parallel, int scfd)
     return res;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return x < y ? -1 : x > y;
-}
-
 static double median(double *v, int n)
 {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    qsort(v, (size_t)n, sizeof(double), tk_cmp_double);
     return v[n / 2];
 }
 

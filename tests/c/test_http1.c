@@ -11,7 +11,8 @@
  *
  * Both scanners are tested. `make test-c` links csrc/http1.c as built by the
  * Makefile flags (scalar, unless CFLAGS enable SSE4.2); this file compiles a
- * second copy of csrc/http1.c with its public names prefixed `alt_`: with
+ * second copy of csrc/http1.c (testkit.h does, for TESTKIT_HTTP1_ALT) with
+ * its public names prefixed `alt_`: with
  * `#pragma GCC target("sse4.2")` when the linked copy is scalar, or with
  * HTTP1_NO_SIMD when the linked copy is SSE4.2. Every table runs against
  * both copies (lines start with [scalar] or [sse4.2]). To build it the other
@@ -19,56 +20,16 @@
  *   gcc -std=gnu99 -g -O1 -msse4.2 -fsanitize=address,undefined -Icsrc \
  *       -o build/ctest/test_http1_sse tests/c/test_http1.c csrc/http1.c
  */
-#include "http1.h"
+#define TESTKIT_HTTP1_ALT 1 /* the second copy of csrc/http1.c, alt_ names */
+#include "testkit.h"
 
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 /* The tables leave trailing fields of error cases to their zero default. */
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
-/* ---- the second copy of the parser ------------------------------------ */
-
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define HAVE_ALT 1
-#define http1_limits_init alt_http1_limits_init
-#define http1_parser_init alt_http1_parser_init
-#define http1_parser_reset alt_http1_parser_reset
-#define http1_parse_request alt_http1_parse_request
-#define http1_parse_response alt_http1_parse_response
-#define http1_chunked_init alt_http1_chunked_init
-#define http1_chunked_decode alt_http1_chunked_decode
-#define http1_request_framing alt_http1_request_framing
-#define http1_response_framing alt_http1_response_framing
-#define http1_span_ieq alt_http1_span_ieq
-#define http1_simd alt_http1_simd
-#ifdef __SSE4_2__
-#define HTTP1_NO_SIMD 1
-#include "../../csrc/http1.c"
-#undef HTTP1_NO_SIMD
-#else
-#pragma GCC push_options
-#pragma GCC target("sse4.2")
-#include "../../csrc/http1.c"
-#pragma GCC pop_options
-#endif
-#undef http1_limits_init
-#undef http1_parser_init
-#undef http1_parser_reset
-#undef http1_parse_request
-#undef http1_parse_response
-#undef http1_chunked_init
-#undef http1_chunked_decode
-#undef http1_request_framing
-#undef http1_response_framing
-#undef http1_span_ieq
-#undef http1_simd
-#endif
+/* ---- the two copies of the parser -------------------------------------- */
 
 typedef struct impl {
     const char *(*simd)(void);
@@ -88,7 +49,7 @@ static const impl k_linked = {
     http1_simd, http1_parser_init, http1_parse_request, http1_parse_response,
     http1_chunked_init, http1_chunked_decode, http1_request_framing, http1_response_framing,
 };
-#ifdef HAVE_ALT
+#ifdef TK_HTTP1_HAVE_ALT
 static const impl k_alt = {
     alt_http1_simd, alt_http1_parser_init, alt_http1_parse_request, alt_http1_parse_response,
     alt_http1_chunked_init, alt_http1_chunked_decode, alt_http1_request_framing,
@@ -98,72 +59,13 @@ static const impl k_alt = {
 
 /* ---- harness ----------------------------------------------------------- */
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "  %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            return 1;                                                                \
-        }                                                                            \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                               \
-    do {                                                                             \
-        long long a_ = (long long)(a), b_ = (long long)(b);                          \
-        if (a_ != b_) {                                                              \
-            fprintf(stderr, "  %s:%d: %s == %lld, expected %s == %lld\n",            \
-                    __FILE__, __LINE__, #a, a_, #b, b_);                             \
-            return 1;                                                                \
-        }                                                                            \
-    } while (0)
-
-#define CHECK_STR(got, want)                                                         \
-    do {                                                                             \
-        if (strcmp((got), (want)) != 0) {                                            \
-            fprintf(stderr, "  %s:%d: got \"%s\", expected \"%s\"\n", __FILE__,      \
-                    __LINE__, (got), (want));                                        \
-            return 1;                                                                \
-        }                                                                            \
-    } while (0)
-
-static int g_passed, g_failed;
-
-static void report(const char *prefix, const char *name, int failed)
-{
-    printf("[%s] %s %s\n", prefix, name, failed ? "FAIL" : "ok");
-    fflush(stdout);
-    if (failed)
-        g_failed++;
-    else
-        g_passed++;
-}
-
-/* The guard arena: ARENA usable bytes, then one PROT_NONE page. */
-#define ARENA (256u * 1024u)
-static char *g_arena;
-static size_t g_page;
-
-static void arena_init(void)
-{
-    g_page = (size_t)sysconf(_SC_PAGESIZE);
-    g_arena = mmap(NULL, ARENA + g_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    if (g_arena == MAP_FAILED || mprotect(g_arena + ARENA, g_page, PROT_NONE) != 0) {
-        perror("mmap/mprotect");
-        exit(2);
-    }
-}
+/* The guard arena: 256 KiB usable bytes, then one PROT_NONE page. */
+static tk_guard g_arena;
 
 /* Copies src[0..n) so that it ends where the guard page begins. */
 static const char *place(const char *src, size_t n)
 {
-    char *dst = g_arena + ARENA - n;
-
-    if (n > ARENA) {
-        fprintf(stderr, "input too large for the arena\n");
-        exit(2);
-    }
-    memmove(dst, src, n);
-    return dst;
+    return tk_guard_place(&g_arena, src, n);
 }
 
 #define S(lit) lit, sizeof(lit) - 1
@@ -1104,7 +1006,7 @@ static int case_guard_page_traps(const impl *im)
 
     CHECK(pid >= 0);
     if (pid == 0) {
-        volatile const char *p = g_arena + ARENA;
+        volatile const char *p = tk_guard_end(&g_arena);
         signal(SIGSEGV, SIG_DFL);
         (void)*p;
         _exit(0);
@@ -1131,29 +1033,29 @@ static void run_impl(const impl *im)
     size_t i;
 
     for (i = 0; i < sizeof(k_heads) / sizeof(k_heads[0]); i++)
-        report(tag, k_heads[i].name, check_head_case(im, &k_heads[i]));
-    report(tag, "limit: 100 fields ok, 101 -> 431 (defaults)", case_default_field_count(im));
-    report(tag, "limit: 60 KiB head ok (whole and byte by byte), one more -> 431",
+        tk_report(tag, k_heads[i].name, check_head_case(im, &k_heads[i]));
+    tk_report(tag, "limit: 100 fields ok, 101 -> 431 (defaults)", case_default_field_count(im));
+    tk_report(tag, "limit: 60 KiB head ok (whole and byte by byte), one more -> 431",
            case_default_head_size(im));
-    report(tag, "limit: 60 KiB - 100 request-line ok, 60 KiB + 1 -> 414 (defaults)", case_default_uri_size(im));
-    report(tag, "resume: shrinking buffer -> 500, empty input incomplete",
+    tk_report(tag, "limit: 60 KiB - 100 request-line ok, 60 KiB + 1 -> 414 (defaults)", case_default_uri_size(im));
+    tk_report(tag, "resume: shrinking buffer -> 500, empty input incomplete",
            case_resume_contract(im));
     for (i = 0; i < sizeof(k_chunks) / sizeof(k_chunks[0]); i++)
-        report(tag, k_chunks[i].name, check_chunk_case(im, &k_chunks[i]));
-    report(tag, "chunked: size line limit 4096", case_chunk_line_limit(im));
-    report(tag, "chunked: 120 kB body in 1000-byte pieces, 2 spans per call",
+        tk_report(tag, k_chunks[i].name, check_chunk_case(im, &k_chunks[i]));
+    tk_report(tag, "chunked: size line limit 4096", case_chunk_line_limit(im));
+    tk_report(tag, "chunked: 120 kB body in 1000-byte pieces, 2 spans per call",
            case_chunk_big_body(im));
     for (i = 0; i < sizeof(k_framing) / sizeof(k_framing[0]); i++)
-        report(tag, k_framing[i].name, check_framing_case(im, &k_framing[i]));
+        tk_report(tag, k_framing[i].name, check_framing_case(im, &k_framing[i]));
 }
 
 int main(void)
 {
-    arena_init();
-    report("setup", "guard page traps over-reads", case_guard_page_traps(&k_linked));
-    report("setup", "http1_span_ieq", case_span_ieq(&k_linked));
+    tk_guard_init(&g_arena, 256u * 1024u);
+    tk_report("setup", "guard page traps over-reads", case_guard_page_traps(&k_linked));
+    tk_report("setup", "http1_span_ieq", case_span_ieq(&k_linked));
     run_impl(&k_linked);
-#ifdef HAVE_ALT
+#ifdef TK_HTTP1_HAVE_ALT
     if (strcmp(k_alt.simd(), "sse4.2") != 0 || __builtin_cpu_supports("sse4.2"))
         run_impl(&k_alt);
     else
@@ -1162,6 +1064,5 @@ int main(void)
     printf("[setup] no second scanner copy with this compiler: only %s is tested\n",
            k_linked.simd());
 #endif
-    printf("%d passed, %d failed\n", g_passed, g_failed);
-    return g_failed ? 1 : 0;
+    return tk_finish();
 }

@@ -17,317 +17,20 @@
  *                                   relay vs direct loopback TCP throughput
  *                                   (build with -O2 and no sanitizers for it)
  */
-#define _GNU_SOURCE
+#define TESTKIT_GOTO_CHECKS 1 /* CHECK(cond, fmt, ...): reason to tk_why, goto out */
+#include "testkit.h"
+
 #include "relay.h"
 
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <linux/sockios.h>
 #include <sys/epoll.h>
-#include <sys/ioctl.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-
-#define KiB ((uint64_t)1 << 10)
-#define MiB ((uint64_t)1 << 20)
-
-/* ---- pattern: the byte at stream offset o of a stream with seed s ------- */
-
-/* Not a power of two, so a relay that drops or repeats a whole pipe or
- * chunk shifts the stream against the pattern and the compare catches it. */
-#define PAT_LEN ((size_t)MiB + 13)
-static unsigned char pat[PAT_LEN];
-
-static void pat_init(void)
-{
-    uint64_t x = 0x9e3779b97f4a7c15ULL;
-    size_t i;
-
-    for (i = 0; i < PAT_LEN; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        pat[i] = (unsigned char)(x >> 24);
-    }
-}
-
-static int pat_check(uint32_t seed, uint64_t off, const unsigned char *p, size_t n)
-{
-    while (n) {
-        size_t pos = (size_t)((seed + off) % PAT_LEN);
-        size_t k = PAT_LEN - pos;
-
-        if (k > n)
-            k = n;
-        if (memcmp(pat + pos, p, k))
-            return -1;
-        p += k;
-        n -= k;
-        off += k;
-    }
-    return 0;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* ---- sockets ------------------------------------------------------------ */
-
-static int set_nonblock(int fd, int on)
-{
-    int fl = fcntl(fd, F_GETFL);
-
-    if (fl < 0)
-        return -1;
-    return fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
-}
-
-static void set_bufs(int fd, int rcv, int snd)
-{
-    if (rcv)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
-    if (snd)
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &snd, sizeof(snd));
-}
-
-/* A connected loopback TCP pair: *cli connected to *srv through a listener
- * on 127.0.0.1 port 0. Both end up non-blocking. Buffer sizes (0 = default)
- * are set before the handshake, so the advertised window matches them. */
-static int tcp_pair_bufs(int *cli, int *srv, int cli_rcv, int cli_snd, int srv_rcv, int srv_snd)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof(sa);
-    int l, c, s;
-
-    l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (l < 0)
-        return -1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    set_bufs(l, srv_rcv, srv_snd); /* inherited by the accepted socket */
-    if (bind(l, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(l, 1) < 0 ||
-        getsockname(l, (struct sockaddr *)&sa, &len) < 0) {
-        close(l);
-        return -1;
-    }
-    c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c >= 0)
-        set_bufs(c, cli_rcv, cli_snd);
-    if (c < 0 || connect(c, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        if (c >= 0)
-            close(c);
-        close(l);
-        return -1;
-    }
-    s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-    close(l);
-    if (s < 0) {
-        close(c);
-        return -1;
-    }
-    set_nonblock(c, 1);
-    set_nonblock(s, 1);
-    *cli = c;
-    *srv = s;
-    return 0;
-}
-
-static int tcp_pair(int *cli, int *srv)
-{
-    return tcp_pair_bufs(cli, srv, 0, 0, 0, 0);
-}
-
-static int unix_pair(int *x, int *y)
-{
-    int sv[2];
-
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
-        return -1;
-    *x = sv[0];
-    *y = sv[1];
-    return 0;
-}
-
-/* What the caller does on FP_RELAY_RESET (fp_sock_abort): RST, not FIN. */
-static void sock_abort(int fd)
-{
-    struct linger lg = { 1, 0 };
-
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    close(fd);
-}
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    int n = 0;
-
-    if (!d)
-        return -1;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1; /* the DIR's own fd */
-}
-
-/* ---- scripted peers ----------------------------------------------------- */
-
-typedef struct peer {
-    int fd;
-    uint32_t seed;          /* this peer's outgoing stream */
-    uint32_t expect_seed;   /* the other peer's stream */
-    uint64_t send_total, sent;
-    size_t piece;           /* bytes per send() (0: up to 256 KiB) */
-    int send_after_eof;     /* answer only after the other side's EOF */
-    int shut_after_send;    /* shutdown(SHUT_WR) once everything is sent */
-    int shut_done;
-    int reading;            /* 0: do not read (a stalled receiver) */
-    uint64_t read_until;    /* when non-zero, stop reading at this stream offset */
-    uint64_t received;
-    int got_eof;
-    int mismatch;
-    uint64_t mismatch_at;
-    int64_t rst_after;      /* >= 0: abort (RST) once this much was received */
-    int first_err;          /* first errno from send/recv */
-} peer;
-
-static void peer_init(peer *p, int fd, uint32_t seed, uint32_t expect_seed)
-{
-    memset(p, 0, sizeof(*p));
-    p->fd = fd;
-    p->seed = seed;
-    p->expect_seed = expect_seed;
-    p->reading = 1;
-    p->rst_after = -1;
-}
-
-static int peer_may_send(const peer *p)
-{
-    return p->fd >= 0 && !p->first_err && p->sent < p->send_total &&
-           (!p->send_after_eof || p->got_eof);
-}
-
-static int peer_may_recv(const peer *p)
-{
-    return p->fd >= 0 && p->reading && !p->got_eof && !p->first_err &&
-           (!p->read_until || p->received < p->read_until);
-}
-
-static void peer_send(peer *p)
-{
-    int k;
-
-    for (k = 0; k < 256 && peer_may_send(p); k++) {
-        size_t pos = (size_t)((p->seed + p->sent) % PAT_LEN);
-        size_t n = PAT_LEN - pos;
-        uint64_t rem = p->send_total - p->sent;
-        ssize_t w;
-
-        if (n > rem)
-            n = (size_t)rem;
-        if (n > 256 * KiB)
-            n = 256 * KiB;
-        if (p->piece && n > p->piece)
-            n = p->piece;
-        w = send(p->fd, pat + pos, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0) {
-            if (errno != EAGAIN && errno != EINTR)
-                p->first_err = errno;
-            return;
-        }
-        p->sent += (uint64_t)w;
-    }
-}
-
-static void peer_recv(peer *p)
-{
-    static unsigned char buf[256 * 1024];
-    int k;
-
-    for (k = 0; k < 64 && peer_may_recv(p); k++) {
-        size_t want = sizeof(buf);
-        ssize_t n;
-
-        if (p->read_until && p->read_until - p->received < want)
-            want = (size_t)(p->read_until - p->received);
-        n = recv(p->fd, buf, want, MSG_DONTWAIT);
-
-        if (n > 0) {
-            if (!p->mismatch && pat_check(p->expect_seed, p->received, buf, (size_t)n)) {
-                p->mismatch = 1;
-                p->mismatch_at = p->received;
-            }
-            p->received += (uint64_t)n;
-        } else if (n == 0) {
-            p->got_eof = 1;
-        } else {
-            if (errno != EAGAIN && errno != EINTR)
-                p->first_err = errno;
-            return;
-        }
-    }
-}
-
-/* Actions that need no readiness: half-close when done, reset on cue. */
-static void peer_pre(peer *p)
-{
-    if (p->fd < 0)
-        return;
-    if (p->rst_after >= 0 && p->received >= (uint64_t)p->rst_after) {
-        sock_abort(p->fd);
-        p->fd = -1;
-        return;
-    }
-    if (p->shut_after_send && !p->shut_done && !p->first_err && p->sent == p->send_total &&
-        (!p->send_after_eof || p->got_eof)) {
-        shutdown(p->fd, SHUT_WR);
-        p->shut_done = 1;
-    }
-}
-
-static short peer_events(const peer *p)
-{
-    return (short)((peer_may_recv(p) ? POLLIN : 0) | (peer_may_send(p) ? POLLOUT : 0));
-}
-
-static int peer_done(const peer *p)
-{
-    if (p->fd < 0 || p->first_err)
-        return 1;
-    if (p->reading && !p->got_eof)
-        return 0;
-    if (p->sent < p->send_total)
-        return 0;
-    return !p->shut_after_send || p->shut_done;
-}
 
 /* ---- the rig: two peers and the relay between them ---------------------- */
 
 typedef struct rig {
-    peer pa, pb;
+    tk_peer pa, pb;
     int ra, rb;             /* the relay's sockets (side A, side B) */
     fp_relay r;
     int live;               /* r is initialised and not yet freed */
@@ -354,18 +57,21 @@ static int rig_setup_small(rig *g, int type, size_t chunk, int small)
     g->ra = g->rb = -1;
     g->pa.fd = g->pb.fd = -1;
     if (type == T_TCP) {
-        if (tcp_pair_bufs(&pa, &g->ra, s1, 0, 0, s1) < 0)
+        tk_bufs a = { s1, 0, 0, s1 }, b = { 0, s0, s0, 0 };
+
+        if (tk_tcp_pair(&pa, &g->ra, &a) < 0)
             return -1;
-        if (tcp_pair_bufs(&g->rb, &pb, 0, s0, s0, 0) < 0)
+        if (tk_tcp_pair(&g->rb, &pb, &b) < 0)
             return -1;
     } else {
-        if (unix_pair(&pa, &g->ra) < 0)
+        if (tk_unix_pair(&pa, &g->ra) < 0)
             return -1;
-        if (unix_pair(&g->rb, &pb) < 0)
+        if (tk_unix_pair(&g->rb, &pb) < 0)
             return -1;
     }
-    peer_init(&g->pa, pa, 1, 777);
-    peer_init(&g->pb, pb, 777, 1);
+    tk_peer_init(&g->pa, pa, 1, 777);
+    tk_peer_init(&g->pb, pb, 777, 1);
+    g->pa.burst = g->pb.burst = 256;
     fp_relay_init(&g->r, g->ra, g->rb, chunk);
     g->live = 1;
     g->want = fp_relay_start(&g->r);
@@ -393,16 +99,8 @@ static void rig_teardown(rig *g)
     g->ra = g->rb = g->pa.fd = g->pb.fd = -1;
 }
 
-static void violation(rig *g, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (g->viol[0])
-        return;
-    va_start(ap, fmt);
-    vsnprintf(g->viol, sizeof(g->viol), fmt, ap);
-    va_end(ap);
-}
+/* Keeps the first invariant violation seen. */
+#define violation(g, ...) tk_keep_first((g)->viol, sizeof((g)->viol), __VA_ARGS__)
 
 /* What must hold after every non-terminal pump. */
 static void check_invariants(rig *g, int res)
@@ -440,8 +138,8 @@ static void rig_finish(rig *g, int res)
     fp_relay_free(&g->r);
     g->live = 0;
     if (res == FP_RELAY_RESET) {
-        sock_abort(g->ra);
-        sock_abort(g->rb);
+        tk_sock_abort(g->ra);
+        tk_sock_abort(g->rb);
     } else {
         close(g->ra);
         close(g->rb);
@@ -489,12 +187,12 @@ static int rig_step(rig *g, int timeout_ms)
     struct pollfd pf[4];
     int n, ev, k;
 
-    peer_pre(&g->pa);
-    peer_pre(&g->pb);
+    tk_peer_pre(&g->pa);
+    tk_peer_pre(&g->pb);
     pf[0].fd = g->pa.fd;
-    pf[0].events = peer_events(&g->pa);
+    pf[0].events = tk_peer_events(&g->pa);
     pf[1].fd = g->pb.fd;
-    pf[1].events = peer_events(&g->pb);
+    pf[1].events = tk_peer_events(&g->pb);
     pf[2].fd = g->result ? -1 : g->ra;
     pf[2].events = (short)(((g->want & FP_READ_A) ? POLLIN : 0) | ((g->want & FP_WRITE_A) ? POLLOUT : 0));
     pf[3].fd = g->result ? -1 : g->rb;
@@ -509,9 +207,9 @@ static int rig_step(rig *g, int timeout_ms)
     if (n <= 0)
         return 0;
     if (pf[0].revents)
-        peer_recv(&g->pa), peer_send(&g->pa);
+        tk_peer_recv(&g->pa), tk_peer_send(&g->pa);
     if (pf[1].revents)
-        peer_recv(&g->pb), peer_send(&g->pb);
+        tk_peer_recv(&g->pb), tk_peer_send(&g->pb);
     ev = fd_bits(pf[2].revents, FP_READ_A, FP_WRITE_A, g->want) |
          fd_bits(pf[3].revents, FP_READ_B, FP_WRITE_B, g->want);
     if (g->spurious && g->iters % 3 == 0)
@@ -529,13 +227,13 @@ static int rig_step(rig *g, int timeout_ms)
 /* Runs until done(g) or the deadline; returns 1 if done(g) came true. */
 static int rig_run(rig *g, int (*done)(rig *), double seconds)
 {
-    double end = now() + seconds;
+    double end = tk_now() + seconds;
     unsigned long turns;
 
     for (turns = 0; turns < 50000000UL; turns++) {
         if (done(g))
             return 1;
-        if (now() > end)
+        if (tk_now() > end)
             return 0;
         rig_step(g, 200);
     }
@@ -546,9 +244,9 @@ static int rig_run(rig *g, int (*done)(rig *), double seconds)
  * waiting on each other). Returns 1 on quiet, 0 on deadline. */
 static int rig_run_quiet(rig *g, int quiet_ms, double seconds)
 {
-    double end = now() + seconds;
+    double end = tk_now() + seconds;
 
-    while (now() < end)
+    while (tk_now() < end)
         if (rig_step(g, quiet_ms) == 0)
             return 1;
     return 0;
@@ -556,7 +254,7 @@ static int rig_run_quiet(rig *g, int quiet_ms, double seconds)
 
 static int all_done(rig *g)
 {
-    return g->result && peer_done(&g->pa) && peer_done(&g->pb);
+    return g->result && tk_peer_done(&g->pa) && tk_peer_done(&g->pb);
 }
 
 static int a_has_err(rig *g)
@@ -570,17 +268,6 @@ static int b_has_err(rig *g)
 }
 
 /* ---- cases -------------------------------------------------------------- */
-
-static char detail[256];
-static char why[256];
-
-#define CHECK(cond, ...)                                               \
-    do {                                                               \
-        if (!(cond)) {                                                 \
-            snprintf(why, sizeof(why), __VA_ARGS__);                   \
-            goto out;                                                  \
-        }                                                              \
-    } while (0)
 
 /* The common end-of-transfer checks: DONE, every byte in order, EOF seen. */
 #define CHECK_DELIVERED(g)                                                                    \
@@ -622,7 +309,7 @@ static int case_bulk_tcp(void)
     g.r.dir[1].ctr[0] = &c_ba;
     g.r.dir[1].ctr[1] = &c_total;
     two_way(&g, n, n);
-    t0 = now();
+    t0 = tk_now();
     CHECK(rig_run(&g, all_done, 120), "timeout: result 0x%x, a got %llu b got %llu", g.result,
           (unsigned long long)g.pa.received, (unsigned long long)g.pb.received);
     CHECK_DELIVERED(&g);
@@ -634,8 +321,7 @@ static int case_bulk_tcp(void)
     CHECK(g.max_cap[0] == 256 * KiB && g.max_cap[1] == 256 * KiB, "pipe_cap %zu/%zu",
           g.max_cap[0], g.max_cap[1]);
     CHECK(g.r.activity > 0 && g.r.activity <= g.pumps, "activity %u pumps %lu", g.r.activity, g.pumps);
-    snprintf(detail, sizeof(detail), "2 x 64 MiB in %.2fs, %lu pumps, activity %u", now() - t0,
-             g.pumps, g.r.activity);
+    DETAIL("2 x 64 MiB in %.2fs, %lu pumps, activity %u", tk_now() - t0, g.pumps, g.r.activity);
     ok = 1;
 out:
     rig_teardown(&g);
@@ -653,7 +339,7 @@ static int case_bulk_unix(void)
     CHECK(rig_run(&g, all_done, 60), "timeout: result 0x%x", g.result);
     CHECK_DELIVERED(&g);
     CHECK(g.r.dir[0].spliced == n && g.r.dir[1].spliced == n + 12345, "not all spliced");
-    snprintf(detail, sizeof(detail), "16 MiB each way, %lu pumps", g.pumps);
+    DETAIL("16 MiB each way, %lu pumps", g.pumps);
     ok = 1;
 out:
     rig_teardown(&g);
@@ -666,7 +352,7 @@ out:
 static int half_close(int first_is_a)
 {
     rig g;
-    peer *first, *second;
+    tk_peer *first, *second;
     int ok = 0, first_dir = first_is_a ? 0 : 1;
 
     CHECK(rig_setup(&g, T_TCP, 64 * KiB) == 0, "setup: %s", strerror(errno));
@@ -682,8 +368,7 @@ static int half_close(int first_is_a)
           (unsigned long long)first->received, first->got_eof);
     CHECK_DELIVERED(&g);
     CHECK(second->sent == 8 * MiB, "answer not sent");
-    snprintf(detail, sizeof(detail), "dir %d shut first, %llu bytes answered after it", first_dir,
-             (unsigned long long)second->sent);
+    DETAIL("dir %d shut first, %llu bytes answered after it", first_dir, (unsigned long long)second->sent);
     ok = 1;
 out:
     rig_teardown(&g);
@@ -703,7 +388,7 @@ static int case_both_close_empty(void)
     CHECK(rig_run(&g, all_done, 10), "timeout: result 0x%x", g.result);
     CHECK_DELIVERED(&g);
     CHECK(g.pumps <= 4, "%lu pumps for two EOFs", g.pumps);
-    snprintf(detail, sizeof(detail), "DONE after %lu pumps", g.pumps);
+    DETAIL("DONE after %lu pumps", g.pumps);
     ok = 1;
 out:
     rig_teardown(&g);
@@ -716,7 +401,7 @@ out:
 static int reset_case(int b_resets, int idle)
 {
     rig g;
-    peer *rst, *other;
+    tk_peer *rst, *other;
     int ok = 0, side = b_resets ? 1 : 0;
 
     CHECK(rig_setup(&g, T_TCP, 64 * KiB) == 0, "setup: %s", strerror(errno));
@@ -737,8 +422,7 @@ static int reset_case(int b_resets, int idle)
     CHECK(g.r.error == ECONNRESET || g.r.error == EPIPE, "error %s", strerror(g.r.error));
     CHECK(other->first_err == ECONNRESET, "other peer saw %s (eof %d)",
           other->first_err ? strerror(other->first_err) : "no error", other->got_eof);
-    snprintf(detail, sizeof(detail), "reset_side %d, relay error %s, peer got ECONNRESET",
-             g.r.reset_side, strerror(g.r.error));
+    DETAIL("reset_side %d, relay error %s, peer got ECONNRESET", g.r.reset_side, strerror(g.r.error));
     ok = 1;
 out:
     rig_teardown(&g);
@@ -761,7 +445,7 @@ static int case_rst_b_idle(void) { return reset_case(1, 1); }
 static int backpressure(int dir, int eof_in_flight, int to_fallback)
 {
     rig g;
-    peer *tx, *rx;
+    tk_peer *tx, *rx;
     fp_relay_dir *d;
     int ok = 0, rd, wr;
     size_t held;
@@ -787,8 +471,7 @@ static int backpressure(int dir, int eof_in_flight, int to_fallback)
           d->in_flight, d->pipe_cap);
     CHECK(d->pipe_cap == 64 * KiB, "pipe_cap %zu", d->pipe_cap);
     held = d->in_flight;
-    snprintf(detail, sizeof(detail), "stalled holding %zu/%zu bytes, flags 0x%x, want 0x%x", held,
-             d->pipe_cap, d->flags, g.want);
+    DETAIL("stalled holding %zu/%zu bytes, flags 0x%x, want 0x%x", held, d->pipe_cap, d->flags, g.want);
     if (eof_in_flight) {
         rx->reading = 1;
         rx->read_until = 8 * KiB;
@@ -798,8 +481,7 @@ static int backpressure(int dir, int eof_in_flight, int to_fallback)
         CHECK((d->flags & FP_DIR_EOF) && !(d->flags & FP_DIR_SHUT) && d->in_flight > 0,
               "want EOF read, dst not shut, bytes held; flags 0x%x in_flight %zu", d->flags, d->in_flight);
         CHECK(!(g.want & rd) && (g.want & wr), "want 0x%x", g.want);
-        snprintf(detail + strlen(detail), sizeof(detail) - strlen(detail),
-                 "; after 8 KiB read: EOF seen, %zu bytes still held, no FIN yet", d->in_flight);
+        NOTE("; after 8 KiB read: EOF seen, %zu bytes still held, no FIN yet", d->in_flight);
         rx->read_until = 0;
     }
     if (to_fallback)
@@ -815,9 +497,8 @@ static int backpressure(int dir, int eof_in_flight, int to_fallback)
         CHECK(d->spliced > 0 && d->copied >= held && d->spliced + d->copied == tx->send_total,
               "spliced %llu + copied %llu != %llu", (unsigned long long)d->spliced,
               (unsigned long long)d->copied, (unsigned long long)tx->send_total);
-        snprintf(detail + strlen(detail), sizeof(detail) - strlen(detail),
-                 "; then spliced %llu + copied %llu", (unsigned long long)d->spliced,
-                 (unsigned long long)d->copied);
+        NOTE("; then spliced %llu + copied %llu", (unsigned long long)d->spliced,
+             (unsigned long long)d->copied);
     }
     ok = 1;
 out:
@@ -839,14 +520,14 @@ static int small_segments(int type)
 {
     rig g;
     fp_relay_dir *d;
-    int ok = 0, one = 1, rounds;
+    int ok = 0, rounds;
 
     CHECK(rig_setup_small(&g, type, 64 * KiB, 0) == 0, "setup: %s", strerror(errno));
     d = &g.r.dir[0];
     if (type == T_TCP)
-        setsockopt(g.pa.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        tk_set_nodelay(g.pa.fd);
     else
-        set_bufs(g.rb, 0, SMALL_BUF); /* unix: the sender's buffer bounds what is queued */
+        tk_set_bufs(g.rb, 0, SMALL_BUF); /* unix: the sender's buffer bounds what is queued */
     g.pb.reading = 0;
     g.pa.piece = 100;
     g.pa.send_total = 400 * KiB;
@@ -861,8 +542,7 @@ static int small_segments(int type)
         CHECK(!(g.want & FP_READ_A), "round %d: asks to read A while stalled (in_flight %zu, flags 0x%x)",
               rounds, d->in_flight, d->flags);
         if (rounds == 0)
-            snprintf(detail, sizeof(detail), "stalled with %zu/%zu bytes in the pipe, flags 0x%x",
-                     d->in_flight, d->pipe_cap, d->flags);
+            DETAIL("stalled with %zu/%zu bytes in the pipe, flags 0x%x", d->in_flight, d->pipe_cap, d->flags);
         g.pb.reading = 1;
         g.pb.read_until = g.pb.received + 16 * KiB;
     }
@@ -870,8 +550,7 @@ static int small_segments(int type)
     g.pb.shut_after_send = 1;
     CHECK(rig_run(&g, all_done, 60), "timeout: result 0x%x", g.result);
     CHECK_DELIVERED(&g);
-    snprintf(detail + strlen(detail), sizeof(detail) - strlen(detail), "; %lu pumps for %llu sends",
-             g.pumps, (unsigned long long)(g.pa.send_total / 100));
+    NOTE("; %lu pumps for %llu sends", g.pumps, (unsigned long long)(g.pa.send_total / 100));
     ok = 1;
 out:
     rig_teardown(&g);
@@ -903,8 +582,8 @@ static int fallback_case(unsigned flag, size_t chunk)
     }
     if (flag == FP_DIR_FALLBACK)
         CHECK(!g.max_cap[0] && !g.max_cap[1], "a pipe was created in preset fallback");
-    snprintf(detail, sizeof(detail), "8 MiB each way copied, chunk %zu, max buffered %zu/%zu", chunk,
-             g.max_in_flight[0], g.max_in_flight[1]);
+    DETAIL("8 MiB each way copied, chunk %zu, max buffered %zu/%zu", chunk,
+           g.max_in_flight[0], g.max_in_flight[1]);
     ok = 1;
 out:
     rig_teardown(&g);
@@ -929,7 +608,7 @@ static int case_small_chunk(void)
     CHECK_DELIVERED(&g);
     CHECK(g.max_cap[0] == 4096 && g.max_cap[1] == 4096, "pipe_cap %zu/%zu", g.max_cap[0], g.max_cap[1]);
     CHECK(g.max_in_flight[0] <= 4096 && g.max_in_flight[1] <= 4096, "in_flight above 4096");
-    snprintf(detail, sizeof(detail), "4 KiB pipes, spurious events, %lu pumps", g.pumps);
+    DETAIL("4 KiB pipes, spurious events, %lu pumps", g.pumps);
     ok = 1;
 out:
     rig_teardown(&g);
@@ -956,8 +635,7 @@ static int case_counters(void)
           (unsigned long long)(1000 + ab + ba));
     CHECK(g.r.dir[0].spliced + g.r.dir[0].copied == ab && g.r.dir[1].spliced + g.r.dir[1].copied == ba,
           "spliced+copied do not add up");
-    snprintf(detail, sizeof(detail), "shared slot +%llu, dir slot +%llu", (unsigned long long)(ab + ba),
-             (unsigned long long)ba);
+    DETAIL("shared slot +%llu, dir slot +%llu", (unsigned long long)(ab + ba), (unsigned long long)ba);
     ok = 1;
 out:
     rig_teardown(&g);
@@ -970,30 +648,30 @@ static int case_free_twice(void)
     fp_relay z;
     int ok = 0, fds0, fd0_ok;
 
-    fds0 = count_fds();
+    fds0 = tk_count_fds();
     CHECK(rig_setup(&g, T_TCP, 64 * KiB) == 0, "setup: %s", strerror(errno));
     CHECK(g.r.dir[0].pipe_r == -1 && g.r.dir[1].pipe_w == -1 && !g.r.dir[0].buf && g.r.reset_side == -1,
           "init state");
-    CHECK(count_fds() == fds0 + 4, "init opened fds");
+    CHECK(tk_count_fds() == fds0 + 4, "init opened fds");
     /* Leave it mid-stream, with both pipes open and bytes in them. */
     g.pb.reading = 0;
     g.pa.reading = 0;
     g.pa.send_total = g.pb.send_total = 4 * MiB;
     CHECK(rig_run_quiet(&g, 200, 20), "never went quiet");
     CHECK(g.r.dir[0].pipe_cap && g.r.dir[1].pipe_cap, "pipes not open");
-    CHECK(count_fds() == fds0 + 8, "expected 4 sockets + 2 pipes, have %d fds", count_fds() - fds0);
+    CHECK(tk_count_fds() == fds0 + 8, "expected 4 sockets + 2 pipes, have %d fds", tk_count_fds() - fds0);
     fp_relay_free(&g.r);
-    CHECK(count_fds() == fds0 + 4, "free left %d fds", count_fds() - fds0);
+    CHECK(tk_count_fds() == fds0 + 4, "free left %d fds", tk_count_fds() - fds0);
     fp_relay_free(&g.r);
     g.live = 0;
-    CHECK(count_fds() == fds0 + 4, "second free changed fds");
+    CHECK(tk_count_fds() == fds0 + 4, "second free changed fds");
     /* A zero-filled relay that init never saw must not close fd 0. */
     fd0_ok = fcntl(0, F_GETFD) >= 0;
     memset(&z, 0, sizeof(z));
     fp_relay_free(&z);
     fp_relay_free(&z);
     CHECK(!fd0_ok || fcntl(0, F_GETFD) >= 0, "freeing a zeroed relay closed fd 0");
-    snprintf(detail, sizeof(detail), "pipes closed once, zeroed struct harmless");
+    DETAIL("pipes closed once, zeroed struct harmless");
     ok = 1;
 out:
     rig_teardown(&g);
@@ -1036,7 +714,7 @@ static int case_pipe_size_refused(void)
     CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d (3 setuid, 6 transfer, 7 pipe_cap)",
           WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    snprintf(detail, sizeof(detail), "F_SETPIPE_SZ(16 MiB) refused, default pipe kept, bytes exact");
+    DETAIL("F_SETPIPE_SZ(16 MiB) refused, default pipe kept, bytes exact");
     ok = 1;
 out:
     return ok;
@@ -1049,16 +727,14 @@ out:
 static int drain_case(int drain)
 {
     rig g;
-    int ok = 0, res, q = -1, k;
+    int ok = 0, res;
 
     CHECK(rig_setup(&g, T_TCP, 64 * KiB) == 0, "setup: %s", strerror(errno));
     g.pa.send_total = 1000;
-    peer_send(&g.pa);
+    tk_peer_send(&g.pa);
     CHECK(g.pa.sent == 1000, "sent %llu", (unsigned long long)g.pa.sent);
-    for (k = 0; k < 2000 && !(ioctl(g.pa.fd, SIOCOUTQ, &q) == 0 && q == 0); k++)
-        usleep(1000);
-    CHECK(q == 0, "not acknowledged");
-    sock_abort(g.pa.fd);
+    CHECK(tk_wait_acked(g.pa.fd, 2000) == 0, "not acknowledged");
+    tk_sock_abort(g.pa.fd);
     g.pa.fd = -1;
     res = fp_relay_pump(&g.r, FP_READ_A | (drain ? FP_DRAIN : 0));
     g.pumps++;
@@ -1068,7 +744,7 @@ static int drain_case(int drain)
               strerror(g.r.error));
         CHECK(g.r.dir[0].spliced == 1000, "delivered %llu before the reset", (unsigned long long)g.r.dir[0].spliced);
         rig_finish(&g, res);
-        snprintf(detail, sizeof(detail), "one pump: 1000 bytes delivered, then RESET (side 0)");
+        DETAIL("one pump: 1000 bytes delivered, then RESET (side 0)");
     } else {
         CHECK(!(res & (FP_RELAY_RESET | FP_RELAY_DONE)) && (res & FP_READ_A), "result 0x%x", res);
         CHECK(g.r.dir[0].spliced == 1000 && !(g.r.dir[0].flags & FP_DIR_MORE), "spliced %llu flags 0x%x",
@@ -1077,7 +753,7 @@ static int drain_case(int drain)
         res = fp_relay_pump(&g.r, FP_READ_A);
         CHECK(res == FP_RELAY_RESET, "second pump 0x%x", res);
         rig_finish(&g, res);
-        snprintf(detail, sizeof(detail), "short read ends the pump, next pump sees the reset");
+        DETAIL("short read ends the pump, next pump sees the reset");
     }
     ok = 1;
 out:
@@ -1095,7 +771,7 @@ static int case_pool(void)
 {
     fp_pipe_pool pool;
     rig g;
-    int ok = 0, round, live = 0, fds0 = count_fds();
+    int ok = 0, round, live = 0, fds0 = tk_count_fds();
 
     memset(&g, 0, sizeof(g));
     g.ra = g.rb = g.pa.fd = g.pb.fd = -1;
@@ -1114,12 +790,12 @@ static int case_pool(void)
     CHECK(pool.created <= 2 && pool.reused >= 4 && pool.closed == 0 && pool.n == pool.created,
           "created %llu reused %llu closed %llu pooled %u", (unsigned long long)pool.created,
           (unsigned long long)pool.reused, (unsigned long long)pool.closed, pool.n);
-    snprintf(detail, sizeof(detail), "3 relays: %llu pipes made, %llu reuses, %u pooled; FIN by close()",
-             (unsigned long long)pool.created, (unsigned long long)pool.reused, pool.n);
+    DETAIL("3 relays: %llu pipes made, %llu reuses, %u pooled; FIN by close()",
+           (unsigned long long)pool.created, (unsigned long long)pool.reused, pool.n);
     fp_pipe_pool_destroy(&pool);
     fp_pipe_pool_destroy(&pool);
     live = 0;
-    CHECK(count_fds() == fds0, "fds %d -> %d", fds0, count_fds());
+    CHECK(tk_count_fds() == fds0, "fds %d -> %d", fds0, tk_count_fds());
     ok = 1;
 out:
     rig_teardown(&g);
@@ -1128,12 +804,7 @@ out:
     return ok;
 }
 
-typedef struct tcase {
-    const char *name;
-    int (*fn)(void);
-} tcase;
-
-static const tcase cases[] = {
+static const tk_timed_case cases[] = {
     { "tcp bulk 64 MiB both ways at once, counters", case_bulk_tcp },
     { "unix socketpair bulk 16 MiB both ways", case_bulk_unix },
     { "half-close A->B, then B answers", case_half_close_ab },
@@ -1161,74 +832,7 @@ static const tcase cases[] = {
 
 /* ---- benchmark ---------------------------------------------------------- */
 
-typedef struct xfer {
-    int fd;
-    uint64_t bytes;
-    uint64_t done;
-    double t_end;
-    double cpu;             /* this thread's CPU seconds */
-    int err;
-} xfer;
-
-static double thread_cpu(void)
-{
-    struct rusage ru;
-
-    getrusage(RUSAGE_THREAD, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
-}
-
 static unsigned char bench_buf_tx[1 << 20];
-
-static void *bench_sender(void *arg)
-{
-    xfer *x = arg;
-
-    while (x->done < x->bytes) {
-        uint64_t rem = x->bytes - x->done;
-        ssize_t w = send(x->fd, bench_buf_tx, rem < sizeof(bench_buf_tx) ? (size_t)rem : sizeof(bench_buf_tx),
-                         MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            x->err = errno;
-            return NULL;
-        }
-        x->done += (uint64_t)w;
-    }
-    shutdown(x->fd, SHUT_WR);
-    x->cpu = thread_cpu();
-    return NULL;
-}
-
-static void *bench_receiver(void *arg)
-{
-    xfer *x = arg;
-    unsigned char *buf = malloc(1 << 20);
-
-    if (!buf) {
-        x->err = ENOMEM;
-        x->t_end = now();
-        return NULL;
-    }
-    for (;;) {
-        ssize_t n = recv(x->fd, buf, 1 << 20, 0);
-        if (n > 0) {
-            x->done += (uint64_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            x->err = errno;
-        break;
-    }
-    x->t_end = now();
-    x->cpu = thread_cpu();
-    free(buf);
-    return NULL;
-}
 
 typedef struct bench_res {
     double gibps;
@@ -1241,21 +845,20 @@ typedef struct bench_res {
 static bench_res bench_direct(uint64_t bytes)
 {
     bench_res res = { 0 };
-    xfer tx = { 0 }, rx = { 0 };
+    tk_xfer tx = { 0 }, rx = { 0 };
     pthread_t t1, t2;
     int c, s;
     double t0;
 
-    if (tcp_pair(&c, &s) < 0)
+    if (tk_tcp_pair(&c, &s, NULL) < 0)
         return res;
-    set_nonblock(c, 0);
-    set_nonblock(s, 0);
-    tx.fd = c;
-    tx.bytes = bytes;
+    tk_set_nonblock(c, 0);
+    tk_set_nonblock(s, 0);
+    tx = (tk_xfer){ .fd = c, .buf = bench_buf_tx, .len = sizeof(bench_buf_tx), .bytes = bytes };
     rx.fd = s;
-    t0 = now();
-    pthread_create(&t2, NULL, bench_receiver, &rx);
-    pthread_create(&t1, NULL, bench_sender, &tx);
+    t0 = tk_now();
+    pthread_create(&t2, NULL, tk_xfer_recv, &rx);
+    pthread_create(&t1, NULL, tk_xfer_send, &tx);
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
     close(c);
@@ -1295,7 +898,7 @@ static void ep_set(int ep, int fd, uint32_t side, uint32_t *cur, uint32_t bits, 
 static bench_res bench_relay(uint64_t bytes, size_t chunk, unsigned flags)
 {
     bench_res res = { 0 };
-    xfer tx = { 0 }, rx = { 0 };
+    tk_xfer tx = { 0 }, rx = { 0 };
     pthread_t t1, t2;
     fp_relay r;
     struct epoll_event evs[4];
@@ -1303,23 +906,22 @@ static bench_res bench_relay(uint64_t bytes, size_t chunk, unsigned flags)
     uint32_t cur_a = 0, cur_b = 0;
     double t0, cpu0;
 
-    if (tcp_pair(&pa, &ra) < 0 || tcp_pair(&rb, &pb) < 0)
+    if (tk_tcp_pair(&pa, &ra, NULL) < 0 || tk_tcp_pair(&rb, &pb, NULL) < 0)
         return res;
-    set_nonblock(pa, 0);
-    set_nonblock(pb, 0);
+    tk_set_nonblock(pa, 0);
+    tk_set_nonblock(pb, 0);
     shutdown(pb, SHUT_WR); /* one-way transfer: B -> A is empty */
     ep = epoll_create1(EPOLL_CLOEXEC);
     fp_relay_init(&r, ra, rb, chunk);
     r.dir[0].flags |= flags;
     r.dir[1].flags |= flags;
     want = fp_relay_start(&r);
-    tx.fd = pa;
-    tx.bytes = bytes;
+    tx = (tk_xfer){ .fd = pa, .buf = bench_buf_tx, .len = sizeof(bench_buf_tx), .bytes = bytes };
     rx.fd = pb;
-    t0 = now();
-    cpu0 = thread_cpu();
-    pthread_create(&t2, NULL, bench_receiver, &rx);
-    pthread_create(&t1, NULL, bench_sender, &tx);
+    t0 = tk_now();
+    cpu0 = tk_thread_cpu();
+    pthread_create(&t2, NULL, tk_xfer_recv, &rx);
+    pthread_create(&t1, NULL, tk_xfer_send, &tx);
     while (!(rc & (FP_RELAY_DONE | FP_RELAY_RESET))) {
         int n;
 
@@ -1350,7 +952,7 @@ static bench_res bench_relay(uint64_t bytes, size_t chunk, unsigned flags)
                 want = rc;
         }
     }
-    res.relay_cpu = thread_cpu() - cpu0;
+    res.relay_cpu = tk_thread_cpu() - cpu0;
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
     fp_relay_free(&r);
@@ -1373,25 +975,24 @@ static bench_res bench_relay(uint64_t bytes, size_t chunk, unsigned flags)
 static bench_res bench_ref_splice(uint64_t bytes, size_t chunk)
 {
     bench_res res = { 0 };
-    xfer tx = { 0 }, rx = { 0 };
+    tk_xfer tx = { 0 }, rx = { 0 };
     pthread_t t1, t2;
     int pa, ra, rb, pb, p[2], bad = 0;
     double t0, cpu0;
 
-    if (tcp_pair(&pa, &ra) < 0 || tcp_pair(&rb, &pb) < 0 || pipe2(p, O_CLOEXEC) < 0)
+    if (tk_tcp_pair(&pa, &ra, NULL) < 0 || tk_tcp_pair(&rb, &pb, NULL) < 0 || pipe2(p, O_CLOEXEC) < 0)
         return res;
     fcntl(p[1], F_SETPIPE_SZ, (int)chunk);
-    set_nonblock(pa, 0);
-    set_nonblock(ra, 0);
-    set_nonblock(rb, 0);
-    set_nonblock(pb, 0);
-    tx.fd = pa;
-    tx.bytes = bytes;
+    tk_set_nonblock(pa, 0);
+    tk_set_nonblock(ra, 0);
+    tk_set_nonblock(rb, 0);
+    tk_set_nonblock(pb, 0);
+    tx = (tk_xfer){ .fd = pa, .buf = bench_buf_tx, .len = sizeof(bench_buf_tx), .bytes = bytes };
     rx.fd = pb;
-    t0 = now();
-    cpu0 = thread_cpu();
-    pthread_create(&t2, NULL, bench_receiver, &rx);
-    pthread_create(&t1, NULL, bench_sender, &tx);
+    t0 = tk_now();
+    cpu0 = tk_thread_cpu();
+    pthread_create(&t2, NULL, tk_xfer_recv, &rx);
+    pthread_create(&t1, NULL, tk_xfer_send, &tx);
     for (;;) {
         ssize_t n = splice(ra, NULL, p[1], NULL, chunk, SPLICE_F_MOVE), m;
 
@@ -1408,7 +1009,7 @@ static bench_res bench_ref_splice(uint64_t bytes, size_t chunk)
         res.pumps++;
     }
     shutdown(rb, SHUT_WR);
-    res.relay_cpu = thread_cpu() - cpu0;
+    res.relay_cpu = tk_thread_cpu() - cpu0;
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
     close(p[0]);
@@ -1422,13 +1023,6 @@ static bench_res bench_ref_splice(uint64_t bytes, size_t chunk)
     res.tx_cpu = tx.cpu;
     res.rx_cpu = rx.cpu;
     return res;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return x < y ? -1 : x > y;
 }
 
 #define BENCH_MAX_ROUNDS 15
@@ -1520,8 +1114,8 @@ static int bench(int argc, char **argv)
 
         memcpy(s, g[c], sizeof(double) * (size_t)rounds);
         memcpy(q, ratio[c], sizeof(double) * (size_t)rounds);
-        qsort(s, (size_t)rounds, sizeof(double), cmp_double);
-        qsort(q, (size_t)rounds, sizeof(double), cmp_double);
+        qsort(s, (size_t)rounds, sizeof(double), tk_cmp_double);
+        qsort(q, (size_t)rounds, sizeof(double), tk_cmp_double);
         printf("%-11s %7.2f %6.2f %6.2f %9.2f %7.3f %7.3f", confs[c].name, s[rounds / 2], s[0],
                s[rounds - 1], q[rounds / 2], txc[c] / gib, rxc[c] / gib);
         if (!confs[c].chunk)
@@ -1537,43 +1131,11 @@ static int bench(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    size_t i, n = sizeof(cases) / sizeof(cases[0]);
-    int passed = 0, failed = 0, fds_start;
-
     /* splice() into a socket whose peer is gone raises SIGPIPE; the relay's
      * contract says the process ignores it (CPython does). */
     signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && !strcmp(argv[1], "--bench"))
         return bench(argc, argv);
-    pat_init();
-    fds_start = count_fds();
-    for (i = 0; i < n; i++) {
-        int before = count_fds(), ok, after;
-        double t0 = now();
-
-        detail[0] = why[0] = 0;
-        ok = cases[i].fn();
-        after = count_fds();
-        if (ok && after != before) {
-            ok = 0;
-            snprintf(why, sizeof(why), "fd leak: %d fds before, %d after", before, after);
-        }
-        if (ok) {
-            passed++;
-            printf("%-48s ok    %.2fs  %s\n", cases[i].name, now() - t0, detail);
-        } else {
-            failed++;
-            printf("%-48s FAIL  %.2fs  %s\n", cases[i].name, now() - t0, why);
-        }
-        fflush(stdout);
-    }
-    if (count_fds() != fds_start) {
-        printf("%-48s FAIL  %d fds at start, %d at end\n", "no fd leaked overall", fds_start, count_fds());
-        failed++;
-    } else {
-        printf("%-48s ok\n", "no fd leaked overall");
-        passed++;
-    }
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    tk_pat_init();
+    return tk_run_timed(cases, TK_NELEM(cases), 48, NULL);
 }

@@ -16,78 +16,15 @@
  *   - with room to spare: nothing written after the returned length;
  *   - parses its own output again with http1.c: one whole, valid head.
  */
-#include "rewrite.h"
+#include "testkit.h"
 
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
+#include "rewrite.h"
 
 /* The tables leave trailing fields to their zero default. */
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "  %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            return 1;                                                                \
-        }                                                                            \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                               \
-    do {                                                                             \
-        long long a_ = (long long)(a), b_ = (long long)(b);                          \
-        if (a_ != b_) {                                                              \
-            fprintf(stderr, "  %s:%d: %s == %lld, expected %s == %lld\n",            \
-                    __FILE__, __LINE__, #a, a_, #b, b_);                             \
-            return 1;                                                                \
-        }                                                                            \
-    } while (0)
-
-static int g_passed, g_failed;
-
-static void report(const char *name, int failed)
-{
-    printf("%s %s\n", name, failed ? "FAIL" : "ok");
-    fflush(stdout);
-    if (failed)
-        g_failed++;
-    else
-        g_passed++;
-}
-
-/* ---- guard arenas: ARENA usable bytes, then one PROT_NONE page ---------- */
-
-#define ARENA (64u * 1024u)
-
-typedef struct arena {
-    char *base;
-} arena;
-
-static arena g_in, g_out;
-
-static void arena_init(arena *a)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-
-    a->base = mmap(NULL, ARENA + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    if (a->base == MAP_FAILED || mprotect(a->base + ARENA, page, PROT_NONE) != 0) {
-        perror("mmap/mprotect");
-        exit(2);
-    }
-}
-
-/* The n bytes that end where the guard page begins. */
-static char *at_guard(arena *a, size_t n)
-{
-    if (n > ARENA) {
-        fprintf(stderr, "too large for the arena\n");
-        exit(2);
-    }
-    return a->base + ARENA - n;
-}
+/* Guard arenas for inputs and outputs: 64 KiB each, then a PROT_NONE page. */
+static tk_guard g_in, g_out;
 
 /* Prints a head with CR LF visible, for failure messages. */
 static void show(const char *label, const char *s, size_t n)
@@ -401,7 +338,7 @@ static int run_case(const rw_case *c)
     http1_header h[128], h2[128];
     http1_framing f;
     size_t len = strlen(c->in), want_len, cap;
-    char *in = at_guard(&g_in, len);
+    char *in = tk_guard_at(&g_in, len);
     char *out;
     int64_t r;
     int rc;
@@ -414,14 +351,14 @@ static int run_case(const rw_case *c)
 
     if (!c->want) {
         CHECK_EQ(call(c, in, &p, &f, NULL, 0), 0);
-        CHECK_EQ(call(c, in, &p, &f, at_guard(&g_out, 4096), 4096), 0);
+        CHECK_EQ(call(c, in, &p, &f, tk_guard_at(&g_out, 4096), 4096), 0);
         return 0;
     }
     want_len = strlen(c->want);
 
     CHECK_EQ(call(c, in, &p, &f, NULL, 0), -(int64_t)want_len);
     for (cap = 0; cap < want_len; cap++) {
-        out = at_guard(&g_out, cap);
+        out = tk_guard_at(&g_out, cap);
         r = call(c, in, &p, &f, out, cap);
         if (r != -(int64_t)want_len) {
             fprintf(stderr, "  cap %zu:\n", cap);
@@ -429,7 +366,7 @@ static int run_case(const rw_case *c)
         }
     }
 
-    out = at_guard(&g_out, want_len);
+    out = tk_guard_at(&g_out, want_len);
     r = call(c, in, &p, &f, out, want_len);
     if (r != (int64_t)want_len || memcmp(out, c->want, want_len) != 0) {
         show("want", c->want, want_len);
@@ -440,14 +377,14 @@ static int run_case(const rw_case *c)
     }
 
     /* room to spare: nothing written after the result */
-    out = at_guard(&g_out, want_len + 64);
+    out = tk_guard_at(&g_out, want_len + 64);
     memset(out, 0x5a, want_len + 64);
     CHECK_EQ(call(c, in, &p, &f, out, want_len + 64), (int64_t)want_len);
     for (cap = want_len; cap < want_len + 64; cap++)
         CHECK_EQ((unsigned char)out[cap], 0x5a);
 
     /* the output is one valid head, all of it */
-    out = at_guard(&g_out, want_len);
+    out = tk_guard_at(&g_out, want_len);
     memcpy(out, c->want, want_len);
     http1_parser_init(&p2, h2, 128, NULL);
     rc = c->kind == 'Q' ? http1_parse_request(&p2, out, want_len)
@@ -463,7 +400,7 @@ static int test_uuid4(void)
     static const uint8_t ff[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
                                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     static const uint8_t zero[16];
-    char *out = at_guard(&g_out, RW_UUID_LEN);
+    char *out = tk_guard_at(&g_out, RW_UUID_LEN);
 
     rw_uuid4(k_rid, out);
     CHECK(memcmp(out, RID, RW_UUID_LEN) == 0);
@@ -621,10 +558,10 @@ static int test_max_sets_in_place(void)
     for (uint32_t i = 0; i < RW_MAX_SET - 1; i++)
         wn += (size_t)snprintf(want + wn, sizeof(want) - wn, "x-%u: v\r\n", i);
     wn += (size_t)snprintf(want + wn, sizeof(want) - wn, "\r\n");
-    in = at_guard(&g_in, n);
+    in = tk_guard_at(&g_in, n);
     memcpy(in, head, n);
     CHECK(parse_head('Q', in, n, &p, h, &f) > 0);
-    out = at_guard(&g_out, wn);
+    out = tk_guard_at(&g_out, wn);
     r = rw_request(in, &p, &f, &ops, NULL, out, wn);
     if (r != (int64_t)wn || memcmp(out, want, wn) != 0) {
         show("want", want, wn);
@@ -648,7 +585,7 @@ static int test_offsets_not_pointers(void)
     http1_parser p;
     http1_header h[16];
     http1_framing f;
-    char *in = at_guard(&g_in, n), *out = at_guard(&g_out, wn);
+    char *in = tk_guard_at(&g_in, n), *out = tk_guard_at(&g_out, wn);
 
     memcpy(in, src, n);
     CHECK(parse_head('Q', in, n, &p, h, &f) > 0);
@@ -663,18 +600,17 @@ int main(void)
 {
     size_t i;
 
-    arena_init(&g_in);
-    arena_init(&g_out);
+    tk_guard_init(&g_in, 64u * 1024u);
+    tk_guard_init(&g_out, 64u * 1024u);
     for (i = 0; i < sizeof(k_cases) / sizeof(k_cases[0]); i++)
-        report(k_cases[i].name, run_case(&k_cases[i]));
+        tk_report(NULL, k_cases[i].name, run_case(&k_cases[i]));
     for (i = 0; i < sizeof(k_ops_cases) / sizeof(k_ops_cases[0]); i++)
-        report(k_ops_cases[i].name, test_ops_check(&k_ops_cases[i]));
-    report("ops: at most RW_MAX_SET set operations", test_too_many_sets());
-    report("request: RW_MAX_SET set operations all tracked", test_max_sets_in_place());
-    report("uuid4: version and variant bits, lower-case hex", test_uuid4());
-    report("rw_ctx_init: defaults", test_ctx_init());
-    report("null and mismatched arguments are refused", test_null_arguments());
-    report("results are offsets, not pointers", test_offsets_not_pointers());
-    printf("%d passed, %d failed\n", g_passed, g_failed);
-    return g_failed ? 1 : 0;
+        tk_report(NULL, k_ops_cases[i].name, test_ops_check(&k_ops_cases[i]));
+    tk_report(NULL, "ops: at most RW_MAX_SET set operations", test_too_many_sets());
+    tk_report(NULL, "request: RW_MAX_SET set operations all tracked", test_max_sets_in_place());
+    tk_report(NULL, "uuid4: version and variant bits, lower-case hex", test_uuid4());
+    tk_report(NULL, "rw_ctx_init: defaults", test_ctx_init());
+    tk_report(NULL, "null and mismatched arguments are refused", test_null_arguments());
+    tk_report(NULL, "results are offsets, not pointers", test_offsets_not_pointers());
+    return tk_finish();
 }

@@ -5,38 +5,12 @@
  * nonzero if any case failed. Every segment is named
  * "/fastproxy-test-<pid>-<tag>" and removed; the last case checks /dev/shm.
  */
+#include "testkit.h"
+
 #include "shmtable.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "  %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            return 1;                                                                \
-        }                                                                            \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                               \
-    do {                                                                             \
-        long long a_ = (long long)(a), b_ = (long long)(b);                          \
-        if (a_ != b_) {                                                              \
-            fprintf(stderr, "  %s:%d: %s == %lld, expected %s == %lld\n",            \
-                    __FILE__, __LINE__, #a, a_, #b, b_);                             \
-            return 1;                                                                \
-        }                                                                            \
-    } while (0)
 
 static char g_prefix[64]; /* "fastproxy-test-<pid>-" */
 
@@ -48,14 +22,6 @@ static const char *shm_name(const char *tag)
 
     snprintf(b, sizeof(buf[0]), "/%s%s", g_prefix, tag);
     return b;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* A table segment created, initialised and ready; unlinked by table_close. */
@@ -265,23 +231,21 @@ static int test_table_read_guard_page(void)
     /* The reader's buffer ends right before a PROT_NONE page: any write past
      * n bytes faults, with or without the sanitizers. */
     struct table t;
-    long page = sysconf(_SC_PAGESIZE);
-    unsigned char *mem, *out, data[1000];
+    tk_guard mem;
+    unsigned char *out, data[1000];
     uint64_t gen;
     size_t len;
 
     CHECK_EQ(table_open(&t, "guard", 1000), 0);
-    mem = mmap(NULL, 2 * (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHECK(mem != MAP_FAILED);
-    CHECK_EQ(mprotect(mem + page, (size_t)page, PROT_NONE), 0);
+    CHECK_EQ(tk_guard_map(&mem, 1000), 0);                     /* one page, then the guard */
     for (len = 1; len <= 1000; len += 111) {
         memset(data, (int)len, len);
         CHECK(fp_table_publish(t.base, data, len) > 0);
-        out = mem + page - len;
+        out = (unsigned char *)tk_guard_at(&mem, len);
         CHECK_EQ(fp_table_read(t.base, out, len, &gen), (int64_t)len);
         CHECK(memcmp(out, data, len) == 0);
     }
-    munmap(mem, 2 * (size_t)page);
+    tk_guard_unmap(&mem);
     table_close(&t);
     return 0;
 }
@@ -400,13 +364,13 @@ static void torture_reader(const char *name, struct torture_shared *sh, int id)
     size_t size;
     unsigned char *out = malloc(TORTURE_CAP);
     uint64_t gen, prev = 0;
-    double deadline = now_s() + TORTURE_SECONDS;
+    double deadline = tk_now() + TORTURE_SECONDS;
     int64_t n;
 
     if (out == NULL || fp_shm_open(name, 0, &base, &size) != 0 || fp_table_check(base, size) != 0)
         _exit(2);
     __atomic_add_fetch(&sh->ready, 1, __ATOMIC_SEQ_CST);
-    while (!__atomic_load_n(&sh->stop, __ATOMIC_ACQUIRE) && now_s() < deadline) {
+    while (!__atomic_load_n(&sh->stop, __ATOMIC_ACQUIRE) && tk_now() < deadline) {
         n = fp_table_read(base, out, TORTURE_CAP, &gen);
         if (n == -EAGAIN) {
             sh->r[id].eagain++;
@@ -472,13 +436,13 @@ static int test_table_torture_forked_readers(void)
         if (pids[k] == 0)
             torture_reader(t.name, sh, k);
     }
-    deadline = now_s() + TORTURE_SECONDS;
-    while (__atomic_load_n(&sh->ready, __ATOMIC_SEQ_CST) < TORTURE_READERS && now_s() < deadline)
+    deadline = tk_now() + TORTURE_SECONDS;
+    while (__atomic_load_n(&sh->ready, __ATOMIC_SEQ_CST) < TORTURE_READERS && tk_now() < deadline)
         usleep(1000);
 
-    run_end = now_s() + TORTURE_RUN_SECONDS;
+    run_end = tk_now() + TORTURE_RUN_SECONDS;
     for (i = 0; i < TORTURE_MAX_PUBLISHES; i++) {
-        double t_now = now_s();
+        double t_now = tk_now();
         if (t_now > deadline)
             break;
         if (i >= TORTURE_MIN_PUBLISHES && t_now > run_end && (i & 1023) == 0) {
@@ -501,7 +465,7 @@ static int test_table_torture_forked_readers(void)
     for (k = 0; k < TORTURE_READERS; k++) {
         /* bounded: readers stop on `stop` or their own deadline */
         while (waitpid(pids[k], &status, WNOHANG) == 0) {
-            if (now_s() > deadline + 10) {
+            if (tk_now() > deadline + 10) {
                 kill(pids[k], SIGKILL);
                 waitpid(pids[k], &status, 0);
                 fprintf(stderr, "  reader %d hung\n", k);
@@ -715,10 +679,7 @@ static int test_no_leftovers(void)
     return 0;
 }
 
-static const struct {
-    const char *name;
-    int (*fn)(void);
-} cases[] = {
+static const tk_case cases[] = {
     {"create, open, check, unlink", test_create_open_unlink},
     {"bad arguments and overflowing sizes", test_create_bad_args},
     {"open of a zero-sized segment", test_open_empty_segment},
@@ -737,20 +698,8 @@ static const struct {
 
 int main(void)
 {
-    size_t i, ncases = sizeof(cases) / sizeof(cases[0]);
-    int passed = 0, failed = 0;
-
     snprintf(g_prefix, sizeof(g_prefix), "fastproxy-test-%ld-", (long)getpid());
-    for (i = 0; i < ncases; i++) {
-        int rc = cases[i].fn();
-        printf("%s %s\n", cases[i].name, rc == 0 ? "ok" : "FAIL");
-        fflush(stdout);
-        if (rc == 0)
-            passed++;
-        else
-            failed++;
-    }
+    tk_run_cases(cases, TK_NELEM(cases));
     count_ours(1); /* a failed case may have returned before its unlink */
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return tk_finish();
 }
