@@ -9,7 +9,7 @@ CTESTS   := $(wildcard tests/c/test_*.c)
 CSRC     := $(wildcard csrc/*.c)
 PYTEST_ARGS ?=
 
-.PHONY: all venv build debug run test test-c test-py bench image clean distclean
+.PHONY: all venv build debug run test test-c test-py bench image image-test clean distclean
 
 all: build
 
@@ -57,9 +57,26 @@ test: test-c test-py
 bench: build
 	$(PY) -m bench $(if $(QUICK),--quick)
 
+# The sidecar image. With a Docker engine: docker build. Without one (these
+# machines): shared/tools/container-build.sh, beside the repo (podman + debootstrap, root).
+IMAGE           ?= localhost/fastproxy:dev
+CONTAINER_BUILD ?= $(abspath $(CURDIR)/../shared/tools/container-build.sh)
+
 image:
-	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then docker build -t fastproxy:dev .; \
-	else bash ../shared/tools/container-build.sh . Dockerfile localhost/fastproxy:dev; fi
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
+	    docker build -t $(IMAGE) .; \
+	elif [ -f "$(CONTAINER_BUILD)" ]; then \
+	    bash "$(CONTAINER_BUILD)" . Dockerfile $(IMAGE); \
+	else \
+	    echo "make image: no Docker engine answers and $(CONTAINER_BUILD) is missing;" >&2; \
+	    echo "  run from a checkout with shared/ beside it, or set CONTAINER_BUILD=/path/to/container-build.sh" >&2; \
+	    exit 2; \
+	fi
+
+# Runs the built image: --version, init --dry-run, and a relay through `fastproxy run`
+# inside one container (its own network namespace, loopback only).
+image-test: image
+	bash tests/image/check.sh $(IMAGE)
 
 clean:
 	rm -rf build fastproxy/_native/*.so fastproxy/_native/*.c fastproxy/_native/*.html *.egg-info
