@@ -123,7 +123,8 @@ int fp_original_dst(int fd, fp_addr *out, int *redirected) {
     return 0;
 }
 
-int fp_connect(const fp_addr *dst, const fp_addr *src, int *in_progress) {
+static int start_connect(const fp_addr *dst, const fp_addr *src, int transparent, uint32_t mark,
+                         int *in_progress) {
     struct sockaddr_storage ss;
     static const int one = 1;
     int fd = socket(dst->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
@@ -131,6 +132,18 @@ int fp_connect(const fp_addr *dst, const fp_addr *src, int *in_progress) {
     if (fd < 0)
         return -errno;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (transparent) {
+        int rc = dst->family == AF_INET6
+            ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof one)
+            : setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof one);
+        if (rc == 0 && mark != 0)
+            rc = setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark);
+        if (rc < 0) {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+    }
     if (src != NULL && src->family == dst->family) {
         socklen_t slen = to_sockaddr(src, &ss);
         /* FREEBIND: 127.0.0.6 need not be configured on lo to be used as a source. */
@@ -153,6 +166,17 @@ int fp_connect(const fp_addr *dst, const fp_addr *src, int *in_progress) {
         return -e;
     }
     return fd;
+}
+
+int fp_connect(const fp_addr *dst, const fp_addr *src, int *in_progress) {
+    return start_connect(dst, src, 0, 0, in_progress);
+}
+
+int fp_connect_transparent(const fp_addr *dst, const fp_addr *src, uint32_t mark, int *in_progress) {
+    *in_progress = 0;
+    if (src == NULL || src->family != dst->family)
+        return -EINVAL;
+    return start_connect(dst, src, 1, mark, in_progress);
 }
 
 int fp_connect_result(int fd) {

@@ -39,6 +39,14 @@ int fp_peer_addr(int fd, fp_addr *out);
  * writability and then call fp_connect_result(). */
 int fp_connect(const fp_addr *dst, const fp_addr *src, int *in_progress);
 
+/* fp_connect from a source address that need not be local: TPROXY source
+ * preservation (what Envoy's original_src filter does). Before binding to
+ * src (required, same family as dst), the socket gets IP_TRANSPARENT (or
+ * IPV6_TRANSPARENT) and, when mark != 0, SO_MARK = mark, so policy routing
+ * can send the peer's replies back to this host. Both need CAP_NET_ADMIN:
+ * -EPERM without it; -EINVAL when src is NULL or of another family. */
+int fp_connect_transparent(const fp_addr *dst, const fp_addr *src, uint32_t mark, int *in_progress);
+
 /* After writability: 0 if the connect succeeded, else the negative errno. */
 int fp_connect_result(int fd);
 

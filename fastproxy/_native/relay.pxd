@@ -47,6 +47,7 @@ cdef extern from "sockops.h" nogil:
     int fp_local_addr(int fd, fp_addr *out)
     int fp_peer_addr(int fd, fp_addr *out)
     int fp_connect(const fp_addr *dst, const fp_addr *src, int *in_progress)
+    int fp_connect_transparent(const fp_addr *dst, const fp_addr *src, uint32_t mark, int *in_progress)
     int fp_connect_result(int fd)
     void fp_sock_abort(int fd)
     void fp_sock_close(int fd)

@@ -83,14 +83,21 @@ def peer_addr(int fd):
     return _from_addr(&a)
 
 
-def connect(str ip, int port, str src_ip=None):
+def connect(str ip, int port, str src_ip=None, bint transparent=False, unsigned int mark=0):
     """Starts a non-blocking connect: (fd, in_progress). Raises OSError at once
-    for immediate failures (unreachable, bad source)."""
+    for immediate failures (unreachable, bad source). With `transparent`,
+    src_ip may be a foreign address (TPROXY source preservation): the socket
+    gets IP_TRANSPARENT and SO_MARK `mark` (CAP_NET_ADMIN needed)."""
     cdef fp_addr dst, src
     cdef int in_progress = 0
     cdef int fd
     _to_addr(ip, port, &dst)
-    if src_ip is not None and (":" in src_ip) == (dst.family == AF_INET6):
+    if transparent:
+        if src_ip is None:
+            raise ValueError("a transparent connect needs src_ip")
+        _to_addr(src_ip, 0, &src)
+        fd = fp_connect_transparent(&dst, &src, mark, &in_progress)
+    elif src_ip is not None and (":" in src_ip) == (dst.family == AF_INET6):
         _to_addr(src_ip, 0, &src)
         fd = fp_connect(&dst, &src, &in_progress)
     else:

@@ -60,6 +60,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("idle_timeout_s", int, 3600, "A relayed TCP connection with no traffic for this long is closed (0 = never).", minimum=0),
     Setting("buffer_bytes", int, 65536, "Per-direction pipe size of the splice relay (and fallback buffer size). 64 KiB is the kernel default: larger pipes bought no throughput on loopback and exhaust the proxy user's pipe pages (fs.pipe-user-pages-soft) sooner.", minimum=4096, maximum=16777216),
     Setting("outbound_traffic_policy", str, "ALLOW_ANY", "Outbound traffic to unknown destinations: ALLOW_ANY passes it through, REGISTRY_ONLY refuses it.", choices=("ALLOW_ANY", "REGISTRY_ONLY")),
+    Setting("inbound_interception_mode", str, "REDIRECT", "How `fastproxy init -m` sends inbound traffic to the inbound capture listener (the same variable configures both): REDIRECT (nat; the app sees connections from 127.0.0.6 / ::6) or TPROXY (mangle TPROXY: INBOUND capture listeners set IP_TRANSPARENT / IPV6_TRANSPARENT, which needs CAP_NET_ADMIN, and the app sees the client's own address, as in Istio, through init's default mark 1337).", choices=("REDIRECT", "TPROXY")),
     Setting("inbound_passthrough_source", str, "127.0.0.6", "Source address of inbound passthrough connections to the app (excluded from capture by the init rules)."),
     Setting("backlog", int, 4096, "listen() backlog of each listener socket.", minimum=1),
     Setting("table_bytes", int, 4194304, "Capacity of each routing-table slot in shared memory.", minimum=65536),

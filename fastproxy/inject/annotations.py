@@ -52,10 +52,11 @@ PROXY_MEMORY_LIMIT = _key("proxy-memory-limit")
 # Settings the injected pod spec depends on, so a per-pod override would
 # break it: the readiness probe targets health_port, the container declares
 # stats_port, the init rules redirect to inbound/outbound_port and always
-# exclude 15000/15020/15021/15090 and traffic from 127.0.0.6.
+# exclude 15000/15020/15021/15090 and traffic from 127.0.0.6. The interception
+# mode comes from fastproxy.io/interception-mode, for the init rules and the proxy alike.
 PINNED_SETTINGS = (
     "admin_address", "admin_port", "stats_port", "merged_metrics_port", "health_port",
-    "outbound_port", "inbound_port", "inbound_passthrough_source",
+    "outbound_port", "inbound_port", "inbound_passthrough_source", "inbound_interception_mode",
 )
 
 

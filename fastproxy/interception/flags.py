@@ -209,11 +209,15 @@ def field_doc(name: str) -> str:
 
 def render_env_help() -> str:
     """The FASTPROXY_* variables of `fastproxy init`, for `fastproxy config env`
-    (those it shares with `fastproxy run` are listed there already)."""
+    (those it shares with `fastproxy run`'s settings are listed there already)."""
+    from ..config.env import PREFIX
+    from ..config.schema import SETTINGS
+
+    shared = {PREFIX + s.name.upper() for s in SETTINGS}
     defaults = InitConfig()
     lines = []
     for f in FLAGS:
-        if f.env in (FASTPROXY_OUTBOUND_PORT, FASTPROXY_INBOUND_PORT):
+        if f.env in shared:
             continue
         value = getattr(defaults, f.field)
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value

@@ -53,7 +53,10 @@ def compile_table(config: Config, slots: SlotRegistry) -> dict:
             mode = MODE_TCP
         listeners.append({"name": l.name, "addresses": addrs, "mode": mode,
                           "cluster": l.tcp_proxy.cluster if l.tcp_proxy else None,
-                          "block": slots.block("listener", l.name)})
+                          "block": slots.block("listener", l.name),
+                          # TPROXY delivers inbound connections only to IP_TRANSPARENT sockets.
+                          "transparent": mode == MODE_INBOUND
+                          and config.settings["inbound_interception_mode"] == "TPROXY"})
     return {"version": TABLE_VERSION, "settings": dict(config.settings), "listeners": listeners,
             "virtual": virtual, "clusters": clusters}
 
@@ -82,7 +85,7 @@ class ClusterRoute:
 
 
 class ListenerRoute:
-    __slots__ = ("name", "addresses", "mode", "cluster", "block", "ports", "generation")
+    __slots__ = ("name", "addresses", "mode", "cluster", "block", "ports", "generation", "transparent")
 
     def __init__(self, doc: dict, clusters: dict[str, ClusterRoute], generation: int):
         self.generation = generation
@@ -92,6 +95,7 @@ class ListenerRoute:
         self.cluster = clusters[doc["cluster"]] if doc["cluster"] else None
         self.block = doc["block"]
         self.ports = {port for _, port in self.addresses}
+        self.transparent = doc.get("transparent", False)
 
 
 class RouteTable:

@@ -22,8 +22,28 @@ AcceptCallback = Callable[[ListenerRoute, int], None]
 # Families a host may lack (no IPv6): an additional address of such a family is skipped.
 _MISSING_FAMILY = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
 
+# <linux/in.h> and <linux/in6.h>; Python's socket module lacks the IPv6 one.
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
 
-def bind_listener(addr: Addr, backlog: int) -> socket.socket:
+
+def set_transparent(s: socket.socket, on: bool) -> None:
+    """IP_TRANSPARENT (IPV6_TRANSPARENT on an IPv6 socket): the mangle TPROXY
+    target delivers connections only to listeners that set it. Needs
+    CAP_NET_ADMIN (or CAP_NET_RAW); a refusal is an OSError naming the setting."""
+    if s.family == socket.AF_INET6:
+        level, opt, name = socket.IPPROTO_IPV6, IPV6_TRANSPARENT, "IPV6_TRANSPARENT"
+    else:
+        level, opt, name = socket.SOL_IP, IP_TRANSPARENT, "IP_TRANSPARENT"
+    try:
+        s.setsockopt(level, opt, int(on))
+    except OSError as e:
+        hint = " (needs CAP_NET_ADMIN, or CAP_NET_RAW)" if e.errno == errno.EPERM else ""
+        raise OSError(e.errno, f"settings.inbound_interception_mode is TPROXY but {name} was refused{hint}: "
+                               f"{e.strerror}") from None
+
+
+def bind_listener(addr: Addr, backlog: int, transparent: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -32,6 +52,8 @@ def bind_listener(addr: Addr, backlog: int) -> socket.socket:
         if family == socket.AF_INET6:
             # IPv4 has its own socket; a dual-stack one would hide SO_ORIGINAL_DST.
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if transparent:
+            set_transparent(s, True)
         s.bind(addr)
         s.listen(backlog)
         s.setblocking(False)
@@ -62,13 +84,21 @@ class ListenerSet:
             self._close(addr)
         for addr, l in wanted.items():
             if addr in self.bound:
-                sock, _ = self.bound[addr]
+                sock, old = self.bound[addr]
+                if l.transparent != old.transparent:
+                    # The mode changed on reload: the kept socket follows (TPROXY checks it per packet).
+                    try:
+                        set_transparent(sock, l.transparent)
+                    except OSError as e:
+                        msg = f"listener {l.name}: {_fmt(addr)}: {e.strerror}"
+                        log.error("%s", msg)
+                        errors.append(msg)
                 self.bound[addr] = (sock, l)
                 if self.accepting:
                     self.loop.add_reader(sock.fileno(), self.on_accept, l, sock.fileno())
                 continue
             try:
-                sock = bind_listener(addr, backlog)
+                sock = bind_listener(addr, backlog, l.transparent)
             except OSError as e:
                 if addr not in primary and e.errno in _MISSING_FAMILY:
                     log.warning("listener %s: skipping %s: %s", l.name, _fmt(addr), e.strerror)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 
 from .._native import relay as native
+from ..interception.flags import INBOUND_PASSTHROUGH_V6, InitConfig
 from ..routing.table import MODE_INBOUND, MODE_OUTBOUND, MODE_TCP, ClusterRoute, ListenerRoute
 from ..stats.names import (
     C_CONNECT_FAIL,
@@ -31,6 +32,10 @@ from ..stats.names import (
 _CONNECT_FAILED = (native.CLOSED_CONNECT_FAIL, native.CLOSED_CONNECT_TIMEOUT)
 _ACCEPT_BACKOFF_S = 0.1
 PIPE_POOL = 256   # empty pipes kept per worker for new connections
+# TPROXY source preservation marks the app-side socket with the mark that
+# `fastproxy init -m TPROXY` routes back to this host by default (-t), as
+# Istio's original_src filter uses its fixed 1337.
+TPROXY_MARK = InitConfig.tproxy_mark
 
 
 class L4Path:
@@ -78,6 +83,7 @@ class L4Path:
         lb = listener.block
         ctr.add(lb + L_CX_TOTAL, 1)
         src_ip = None
+        transparent = False
         mode = listener.mode
         if mode == MODE_TCP:
             cluster = listener.cluster
@@ -98,13 +104,26 @@ class L4Path:
                     return
                 if not cluster.passthrough:
                     dst = cluster.pick()
-            else:  # MODE_INBOUND: to the app, from 127.0.0.6 so the init rules do not recapture it
+            else:  # MODE_INBOUND: to the app at the original destination
                 cluster = table.inbound_passthrough
-                src_ip = table.settings["inbound_passthrough_source"]
+                if listener.transparent:
+                    # TPROXY: from the client's own address, as Istio does; the
+                    # mark makes the init rules return the app's replies to us.
+                    try:
+                        src_ip = native.peer_addr(fd)[0]
+                    except OSError:
+                        self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb)
+                        return
+                    transparent = True
+                elif ":" in dst[0]:
+                    # From ::6 (put on lo by `fastproxy init --dual-stack`), so the init rules do not recapture it.
+                    src_ip = INBOUND_PASSTHROUGH_V6
+                else:
+                    src_ip = table.settings["inbound_passthrough_source"]   # 127.0.0.6, likewise
         cb = cluster.block
         ctr.add(cb + C_CX_TOTAL, 1)
         try:
-            ufd, in_progress = native.connect(dst[0], dst[1], src_ip)
+            ufd, in_progress = native.connect(dst[0], dst[1], src_ip, transparent, TPROXY_MARK)
         except OSError:
             ctr.add(cb + C_CONNECT_FAIL, 1)
             ctr.add(cb + C_CX_DESTROY, 1)
