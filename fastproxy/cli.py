@@ -1,4 +1,4 @@
-"""The command line: fastproxy run | init | inject | webhook | config check|env|dump | --version."""
+"""The command line: fastproxy run | init | explain | inject | webhook | config check|env|dump | --version."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ from . import __version__
 from .config.load import load_default, load_text
 from .config.schema import ConfigError
 from .config.env import CONFIG_FILE_VAR, render_env_help
+from .explain import add_parser as add_explain_parser
 from .inject.cli import add_parsers as add_inject_parsers
 from .interception.cli import add_parser as add_init_parser
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", help=f"YAML or JSON config file (default: ${CONFIG_FILE_VAR}, else embedded)")
     run.set_defaults(func=cmd_run)
     add_init_parser(sub)
+    add_explain_parser(sub)
     add_inject_parsers(sub)
     cfg = sub.add_parser("config", help="check, list or dump configuration")
     csub = cfg.add_subparsers(dest="config_command", required=True)

@@ -66,6 +66,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("table_bytes", int, 4194304, "Capacity of each routing-table slot in shared memory.", minimum=65536),
     Setting("counter_slots", int, 65536, "Counter slots per worker in shared memory.", minimum=1024),
     Setting("config_poll_ms", int, 1000, "How often the config file's mtime is checked for changes (0 disables).", minimum=0),
+    Setting("app_pid_file", str, "", "For Jobs/CronJobs: a file holding the app's PID (e.g. written by `sh -c 'echo $$ > /run/app/pid; exec APP'` on a shared volume). Once that process has been seen running and is gone, the proxy shuts down as on /quitquitquit (readiness off, drain, exit 0). Checked every second. The proxy must see the app's processes: in Kubernetes set shareProcessNamespace: true. Empty: off."),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

@@ -24,6 +24,7 @@ from ..stats import prometheus
 from ..stats.names import Metric
 from . import http
 from .admin import AdminApi
+from .lifecycle import watch_app_exit
 from .publisher import Publisher, remove_stale_segments
 from .supervisor import Supervisor
 
@@ -91,6 +92,7 @@ class Manager:
             loop.add_signal_handler(sig, self.request_shutdown, signal.Signals(sig).name)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.supervisor.start()
+        self.app_watch = asyncio.ensure_future(watch_app_exit(self))  # ends by itself on shutdown
         watcher = asyncio.ensure_future(self._watch_file()) if self.config_path and s["config_poll_ms"] else None
         log.info("fastproxy %s: %d workers, admin on %s:%d, generation %d", __version__, s["workers"],
                  s["admin_address"], s["admin_port"], self.publisher.generation)

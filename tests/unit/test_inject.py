@@ -340,7 +340,7 @@ def test_resource_annotations(annos, resources, workers):
 
 def test_every_settings_annotation_becomes_its_variable():
     samples = {"workers": "3", "log_level": "debug", "drain_seconds": "7.5", "connect_timeout_ms": "500",
-               "idle_timeout_s": "0", "buffer_bytes": "131072", "outbound_traffic_policy": "REGISTRY_ONLY",
+               "app_pid_file": "/run/app/pid", "idle_timeout_s": "0", "buffer_bytes": "131072", "outbound_traffic_policy": "REGISTRY_ONLY",
                "backlog": "128", "table_bytes": "1048576", "counter_slots": "2048", "config_poll_ms": "0"}
     assert set(samples) == {a.setting for a in annotations.SETTINGS_GROUP}, "a new setting needs a sample"
     pod = injected_pod({f"fastproxy.io/{k.replace('_', '-')}": v for k, v in samples.items()})
