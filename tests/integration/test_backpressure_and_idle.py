@@ -55,7 +55,7 @@ def test_idle_connection_is_closed_and_an_active_one_is_not(relay_to, echo_serve
         t0 = time.monotonic()
         idle.settimeout(5)
         closed_at = None
-        while time.monotonic() - t0 < 4.0:
+        while time.monotonic() - t0 < 5.0:
             busy.sendall(b"ping")
             assert recv_exactly(busy, 4) == b"ping"
             try:
@@ -71,7 +71,7 @@ def test_idle_connection_is_closed_and_an_active_one_is_not(relay_to, echo_serve
                 break
             time.sleep(0.2)
         assert closed_at is not None, "the idle connection was never closed"
-        assert 0.9 <= closed_at <= 2.5, f"closed after {closed_at:.2f}s with idle_timeout_s=1"
+        assert 0.9 <= closed_at <= 3.0, f"closed after {closed_at:.2f}s with idle_timeout_s=1"
         busy.sendall(b"still")
         assert recv_exactly(busy, 5) == b"still"
     poll_until(lambda: relay.admin.metrics().value("fastproxy_tcp_idle_timeouts_total") == 1,
