@@ -126,9 +126,7 @@ class L4Path:
             ufd, in_progress = native.connect(dst[0], dst[1], src_ip, transparent, TPROXY_MARK)
         except OSError:
             ctr.add(cb + C_CONNECT_FAIL, 1)
-            ctr.add(cb + C_CX_DESTROY, 1)
-            ctr.add(lb + L_CX_DESTROY, 1)
-            native.abort(fd)
+            self._unopened(fd, -1, lb, cb)
             return
         r = native.Relay(fd, ufd, self.chunk)
         r.route = (lb, cb)
@@ -136,12 +134,17 @@ class L4Path:
         try:
             self.engine.add(r, in_progress, cluster.connect_timeout)
         except OSError:
-            ctr.add(cb + C_CX_DESTROY, 1)
-            ctr.add(lb + L_CX_DESTROY, 1)
-            native.abort(fd)
-            native.close(ufd)
+            self._unopened(fd, ufd, lb, cb)
             return
         self.relays.add(r)
+
+    def _unopened(self, fd: int, ufd: int, lb: int, cb: int) -> None:
+        """The relay never started: count both connections closed, reset the client."""
+        self.ctr.add(cb + C_CX_DESTROY, 1)
+        self.ctr.add(lb + L_CX_DESTROY, 1)
+        native.abort(fd)
+        if ufd >= 0:
+            native.close(ufd)
 
     def _refuse(self, fd: int, reason_slot: int, lb: int, cluster: ClusterRoute | None = None) -> None:
         ctr = self.ctr
