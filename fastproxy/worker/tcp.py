@@ -9,7 +9,7 @@ import errno
 
 from .._native import relay as native
 from ..interception.flags import INBOUND_PASSTHROUGH_V6, InitConfig
-from ..routing.table import MODE_INBOUND, MODE_OUTBOUND, MODE_TCP, ClusterRoute, ListenerRoute
+from ..routing.table import MODE_OUTBOUND, MODE_TCP, ClusterRoute, ListenerRoute
 from ..stats.names import (
     C_CONNECT_FAIL,
     C_CONNECT_TIMEOUT,

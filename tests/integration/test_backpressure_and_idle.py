@@ -5,7 +5,6 @@ import time
 
 from tests.support.payload import small_payload
 from tests.support.polling import poll_until
-from tests.support.ports import free_port
 from tests.support.tcp_client import connect, recv_exactly
 
 TRY_BYTES = 192 << 20

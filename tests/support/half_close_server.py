@@ -15,27 +15,17 @@ import socket
 import threading
 
 from .tcp_client import recv_until_eof
+from .threaded_listener import ThreadedListener
 
 
-class HalfCloseServer:
+class HalfCloseServer(ThreadedListener):
     def __init__(self, mode: str, reply: bytes = b"", greeting: bytes = b""):
         assert mode in ("reply_after_eof", "shut_then_read"), mode
         self.mode = mode
         self.reply = reply
         self.greeting = greeting
         self.results: queue.Queue = queue.Queue()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def address(self) -> str:
-        return "127.0.0.1:%d" % self.listener.getsockname()[1]
-
-    def start(self) -> "HalfCloseServer":
-        self._thread.start()
-        return self
+        super().__init__(16)
 
     def _run(self) -> None:
         while True:
@@ -65,17 +55,3 @@ class HalfCloseServer:
         finally:
             conn.close()
         self.results.put({"received": received, "sent": sent, "error": error})
-
-    def stop(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> "HalfCloseServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

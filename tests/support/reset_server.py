@@ -9,25 +9,16 @@ import socket
 import struct
 import threading
 
+from .threaded_listener import ThreadedListener
 
-class ResetServer:
+
+class ResetServer(ThreadedListener):
     def __init__(self, before_reset: bytes = b""):
         self.before_reset = before_reset
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
+        super().__init__(64)
         self.resets = 0
         self._waited = 0
         self._reset_done = threading.Condition()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def address(self) -> str:
-        return "127.0.0.1:%d" % self.listener.getsockname()[1]
-
-    def start(self) -> "ResetServer":
-        self._thread.start()
-        return self
 
     def _run(self) -> None:
         while True:
@@ -58,17 +49,3 @@ class ResetServer:
             if ok:
                 self._waited = target
             return ok
-
-    def stop(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> "ResetServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
