@@ -16,7 +16,7 @@ The answer has four steps:
    puts on the iptables rule and on its nft twin alike.
 2. Listener: 15001 (virtualOutbound), 15006 (virtualInbound), an explicit
    listener, the proxy's own admin/metrics ports, or nothing (bypass).
-3. Detection: an opaque port (proto.detect.DEFAULT_OPAQUE_PORTS) is relayed
+3. Detection: an opaque port (settings.opaque_ports) is relayed
    as TCP at once; any other port is sniffed from its first bytes.
 4. Route: from the compiled routing table (routing.table.RouteTable, the
    object the workers use): a virtual listener's cluster and endpoints,
@@ -59,8 +59,15 @@ from .config.schema import (
 from .interception import rules_iptables, rules_nft
 from .interception.flags import (
     ALL, FLAG_BY_FIELD, FLAGS, INBOUND_PASSTHROUGH_V6, InitConfig, InitConfigError, from_sources)
-from .proto.detect import DEFAULT_OPAQUE_PORTS, skips_detection
-from .routing.table import MODE_INBOUND, MODE_OUTBOUND, MODE_TCP, WILDCARDS, RouteTable, compile_table
+from .routing.table import (
+    MODE_INBOUND,
+    MODE_OUTBOUND,
+    MODE_TCP,
+    PROTOCOL_HTTP,
+    WILDCARDS,
+    RouteTable,
+    compile_table,
+)
 from .stats.names import SlotRegistry
 
 SCHEMA_VERSION = 1
@@ -74,9 +81,6 @@ _ACTION_CHAINS = (rules_iptables.REDIRECT, rules_iptables.IN_REDIRECT, rules_ipt
                   rules_iptables.TPROXY)
 _MODE_NAMES = {MODE_TCP: "explicit TCP listener", MODE_OUTBOUND: "outbound capture",
                MODE_INBOUND: "inbound capture"}
-# Set while the worker relays every protocol at L4 (the HTTP path is not wired
-# to detection yet): the detection step then says so.
-_DATA_PATH_IS_L4_ONLY = True
 _DETECTION_NAMES = {"none": "none", "opaque_port": "opaque port", "sniff": "from the first bytes",
                     "not_reached": "not reached"}
 
@@ -485,18 +489,22 @@ def _virtual_listener_name(config: Config, ip: str, port: int, cluster: str) -> 
     return exact or wildcard
 
 
-def _detection(listener_mode: int | None, port: int) -> dict:
-    if listener_mode == MODE_TCP:
+def _detection(listener, port: int, opaque_ports: frozenset[int]) -> dict:
+    if listener.mode == MODE_TCP:
+        if listener.protocol == PROTOCOL_HTTP:
+            return {"kind": "none", "why": "an explicit http listener parses HTTP/1.1 without detection"}
         return {"kind": "none", "why": "an explicit tcp_proxy listener relays TCP without looking at the bytes"}
-    if skips_detection(port):
-        ports = ", ".join(str(p) for p in sorted(DEFAULT_OPAQUE_PORTS))
+    if listener.transparent:
+        return {"kind": "none", "why": "a TPROXY inbound listener relays TCP without detection (the HTTP path "
+                                       "cannot yet connect from the client's own address)"}
+    if port in opaque_ports:
+        ports = ", ".join(str(p) for p in sorted(opaque_ports))
         return {"kind": "opaque_port",
                 "why": f"port {port} is an opaque port (server-first protocols: {ports}): relayed as TCP at "
                        "once, without waiting for the client's first bytes"}
     why = (f"port {port} is not opaque: the HTTP/2 preface, a TLS ClientHello or an HTTP/1.x request line is "
-           "recognised; anything else, or a client that sends nothing (a server-first protocol), is relayed as TCP")
-    if _DATA_PATH_IS_L4_ONLY:
-        why += " (this build relays every protocol at L4)"
+           "recognised: HTTP/1.x is proxied per request; anything else, or a client that sends nothing within "
+           "settings.detect_timeout_ms (a server-first protocol), is relayed as TCP")
     return {"kind": "sniff", "why": why}
 
 
@@ -577,7 +585,17 @@ def _route(q: Query, cfg: InitConfig, config: Config, table: RouteTable, capture
     if mismatch:
         return listener, {"kind": "not_reached", "why": "the connection never reaches the listener"}, _route_doc(
             "mode_mismatch", mismatch)
-    detection = _detection(l.mode, q.port)
+    detection = _detection(l, q.port, table.opaque_ports)
+    if l.mode == MODE_TCP and l.protocol == PROTOCOL_HTTP:
+        if l.http_cluster is None:
+            return listener, detection, _route_doc(
+                "http", f"listener {l.name} routes each request by virtual_services; a request no route matches "
+                "gets 404 (flag NR)")
+        c = _cluster_doc(config, l.http_cluster.name)
+        return listener, detection, _route_doc(
+            "http", f"listener {l.name} routes each request by virtual_services; a request no route matches goes "
+            f"to cluster {c['name']} ({c['lb_policy']})", cdoc=c,
+            upstream=_upstream_check(cfg, c["endpoints"][0]["address"], None, 0, nft))
     if l.mode == MODE_TCP:
         c = _cluster_doc(config, l.cluster.name)
         return listener, detection, _route_doc(

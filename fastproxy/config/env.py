@@ -62,6 +62,8 @@ def coerce(setting: Setting, value: Any, path: str) -> Any:
         raise ConfigError(path, f"must be >= {setting.minimum}, got {out}")
     if setting.maximum is not None and out > setting.maximum:
         raise ConfigError(path, f"must be <= {setting.maximum}, got {out}")
+    if setting.check is not None:
+        setting.check(out, path)
     return out
 
 
@@ -78,7 +80,7 @@ def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 def render_env_help() -> str:
     lines = [f"{CONFIG_FILE_VAR}\n    default: (none: the embedded default config)\n    Path of the YAML or JSON config file.\n"]
     for s in SETTINGS:
-        default = "(auto)" if s.default is None else s.default
+        default = "(auto)" if s.default is None else str(s.default).lower() if s.type is bool else s.default
         extra = f" One of: {', '.join(s.choices)}." if s.choices else ""
         lines.append(f"{env_name(s)}\n    default: {default}\n    {s.doc}{extra}\n")
     return "\n".join(lines)

@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
+import orjson
 import yaml
 
+from ..routing.http import compile_virtual_services
 from .env import coerce, settings_from_env
 from .schema import (
     LB_POLICIES,
@@ -23,13 +25,14 @@ from .schema import (
     Config,
     ConfigError,
     Endpoint,
+    HttpProxy,
     Listener,
     SocketAddress,
     TcpProxy,
     _cpu_count,
 )
 
-_TOP_KEYS = {"settings", "listeners", "clusters"}
+_TOP_KEYS = {"settings", "listeners", "clusters", "virtual_services"}
 
 
 def parse_text(text: str | bytes, source: str = "config") -> dict[str, Any]:
@@ -72,12 +75,18 @@ def load(doc: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Co
     for i, l in enumerate(listeners):
         if l.tcp_proxy and l.tcp_proxy.cluster not in cluster_names and l.tcp_proxy.cluster not in RESERVED_CLUSTERS:
             raise ConfigError(f"listeners[{i}].tcp_proxy.cluster", f"no cluster named {l.tcp_proxy.cluster!r}")
+        if l.http and l.http.cluster is not None and l.http.cluster not in cluster_names:
+            hint = (" (the proxy's own clusters cannot serve HTTP; leave cluster out to answer 404)"
+                    if l.http.cluster in RESERVED_CLUSTERS else "")
+            raise ConfigError(f"listeners[{i}].http.cluster", f"no cluster named {l.http.cluster!r}{hint}")
         for j, a in enumerate((l.address, *l.additional_addresses)):
             where = f"listeners[{i}].address" if j == 0 else f"listeners[{i}].additional_addresses[{j - 1}]"
             if a in seen_addr:
                 raise ConfigError(where, f"{a} is already used by listener {seen_addr[a]!r}")
             seen_addr[a] = l.name
-    return Config(settings=settings, listeners=tuple(listeners), clusters=tuple(clusters))
+    virtual_services = _virtual_services(doc.get("virtual_services"), {c.name: c for c in clusters})
+    return Config(settings=settings, listeners=tuple(listeners), clusters=tuple(clusters),
+                  virtual_services=virtual_services)
 
 
 def load_text(text: str | bytes, environ: Mapping[str, str] | None = None, source: str = "config") -> Config:
@@ -215,9 +224,41 @@ def _cluster(doc: Any, path: str) -> Cluster:
                    connect_timeout_ms=_int(doc, "connect_timeout_ms", path, None, 1, 3_600_000))
 
 
+def _virtual_services(docs: Any, clusters: dict[str, Cluster]) -> tuple[dict[str, Any], ...]:
+    """The VirtualService documents, validated (routing.http), each destination
+    naming a configured cluster, and kept as JSON data (what the table carries).
+
+    destination.host is a cluster name. destination.port, if given, must be
+    the port of every endpoint of that cluster (it selects nothing: a cluster
+    is one port already); subsets need DestinationRules, not supported yet."""
+    path = "virtual_services"
+    table = compile_virtual_services(docs, path)
+    for route in table.routes():
+        for d in route.destinations:
+            cluster = clusters.get(d.host)
+            if cluster is None:
+                near = [c for c in clusters if c.lower() == d.host]
+                hint = f" (cluster names are matched lower-case: rename {near[0]!r})" if near else ""
+                raise ConfigError(f"{d.where}.destination.host", f"no cluster named {d.host!r}{hint}")
+            if d.subset is not None:
+                raise ConfigError(f"{d.where}.destination.subset", "subsets are not supported yet "
+                                  "(no DestinationRule): make a cluster per subset and name it in host")
+            if d.port is not None:
+                ports = sorted({e.address.port for e in cluster.endpoints})
+                if ports != [d.port]:
+                    raise ConfigError(f"{d.where}.destination.port.number",
+                                      f"cluster {cluster.name!r} has endpoints on port "
+                                      f"{', '.join(map(str, ports))}, not {d.port}")
+    try:
+        plain = orjson.loads(orjson.dumps(docs or [], option=orjson.OPT_NON_STR_KEYS))
+    except TypeError as e:
+        raise ConfigError(path, f"not plain data (strings, numbers, lists, mappings): {e}") from None
+    return tuple(plain)
+
+
 def _listener(doc: Any, path: str) -> Listener:
     _no_unknown(doc, {"name", "address", "additional_addresses", "bind_to_port", "use_original_dst",
-                      "traffic_direction", "tcp_proxy"}, path)
+                      "traffic_direction", "tcp_proxy", "http"}, path)
     name = _str(doc, "name", path)
     address = socket_address(doc.get("address"), f"{path}.address")
     extra = doc.get("additional_addresses", [])
@@ -233,16 +274,30 @@ def _listener(doc: Any, path: str) -> Listener:
     if "tcp_proxy" in doc:
         _no_unknown(doc["tcp_proxy"], {"cluster"}, f"{path}.tcp_proxy")
         tcp = TcpProxy(cluster=_str(doc["tcp_proxy"], "cluster", f"{path}.tcp_proxy"))
+    http = None
+    if "http" in doc:
+        hdoc = {} if doc["http"] is None else doc["http"]  # `http:` alone: HTTP with no default cluster
+        _no_unknown(hdoc, {"cluster"}, f"{path}.http")
+        http = HttpProxy(cluster=_str(hdoc, "cluster", f"{path}.http", required=False))
     if orig:
         if direction == "UNSPECIFIED":
             raise ConfigError(f"{path}.traffic_direction", "a use_original_dst listener must say INBOUND or OUTBOUND")
         if tcp is not None:
             raise ConfigError(f"{path}.tcp_proxy", "a use_original_dst listener routes by original destination; remove tcp_proxy")
+        if http is not None:
+            raise ConfigError(f"{path}.http", "a use_original_dst listener detects each connection's protocol "
+                              "(HTTP is routed by virtual_services); remove http")
         if not bind:
             raise ConfigError(f"{path}.bind_to_port", "a use_original_dst listener must bind its port")
-    elif tcp is None:
-        raise ConfigError(f"{path}.tcp_proxy", "required: the cluster this listener relays to")
+    elif tcp is not None and http is not None:
+        raise ConfigError(f"{path}.http", "a listener has either tcp_proxy or http, not both")
+    elif tcp is None and http is None:
+        raise ConfigError(f"{path}.tcp_proxy", "required: tcp_proxy (the cluster this listener relays to) "
+                          "or http (requests routed by virtual_services)")
+    elif http is not None and not bind:
+        raise ConfigError(f"{path}.http", "a listener with bind_to_port: false is matched by original "
+                          "destination and relayed as TCP: use tcp_proxy")
     if bind and address.port == 0:
         raise ConfigError(f"{path}.address", "a bound listener needs a non-zero port")
     return Listener(name=name, address=address, additional_addresses=additional, bind_to_port=bind,
-                    use_original_dst=orig, traffic_direction=direction, tcp_proxy=tcp)
+                    use_original_dst=orig, traffic_direction=direction, tcp_proxy=tcp, http=http)

@@ -5,10 +5,19 @@ onto it field by field:
 
     Config.listeners[]   ~ envoy.config.listener.v3.Listener
         name, address, additional_addresses, bind_to_port, use_original_dst,
-        traffic_direction; tcp_proxy ~ the envoy.filters.network.tcp_proxy filter
+        traffic_direction; tcp_proxy ~ the envoy.filters.network.tcp_proxy filter;
+        http ~ the envoy.filters.network.http_connection_manager filter, routed
+        by Config.virtual_services (cluster: where requests no route matches go)
     Config.clusters[]    ~ envoy.config.cluster.v3.Cluster (STATIC type)
         name, connect_timeout, lb_policy; endpoints ~ ClusterLoadAssignment
         .endpoints[0].lb_endpoints[] (address, load_balancing_weight)
+    Config.virtual_services[] ~ Istio's networking.istio.io VirtualService, as
+        routing/http.py compiles it (destination.host names a cluster)
+
+Which protocol a listener speaks: tcp_proxy relays bytes; http parses
+HTTP/1.1 and routes each request; a capture listener (use_original_dst)
+detects the protocol of each connection (HTTP/1 is routed as http, anything
+else relayed as TCP; ports in settings.opaque_ports skip detection).
 
 Settings are the tunables: each is also the environment variable
 FASTPROXY_<NAME> (see env.py), which overrides the file.
@@ -16,6 +25,7 @@ FASTPROXY_<NAME> (see env.py), which overrides the file.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +48,23 @@ class Setting:
     choices: tuple[str, ...] = ()
     minimum: int | None = None
     maximum: int | None = None
+    # Further checks of a coerced value: check(value, path) raises ConfigError naming path.
+    check: Callable[[Any, str], Any] | None = None
+
+
+def parse_port_list(text: str, path: str = "") -> frozenset[int]:
+    """'25, 587,3306' -> {25, 587, 3306}; '' -> none. Each port 1..65535."""
+    ports = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            if text.strip():
+                raise ConfigError(path, f"empty item in port list {text!r}")
+            continue
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise ConfigError(path, f"expected ports 1..65535 separated by commas, got {part!r}")
+        ports.add(int(part))
+    return frozenset(ports)
 
 
 def _cpu_count() -> int:
@@ -66,6 +93,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("table_bytes", int, 4194304, "Capacity of each routing-table slot in shared memory.", minimum=65536),
     Setting("counter_slots", int, 65536, "Counter slots per worker in shared memory.", minimum=1024),
     Setting("config_poll_ms", int, 1000, "How often the config file's mtime is checked for changes (0 disables).", minimum=0),
+    # -- protocol detection (capture listeners) and HTTP --
+    Setting("detect_timeout_ms", int, 50, "Capture listeners: a client that sends nothing for this long speaks a server-first protocol and is relayed as TCP.", minimum=1),
+    Setting("opaque_ports", str, "25,587,3306,4444,5432,6379,9300,11211", "Capture listeners: comma-separated destination ports whose traffic skips protocol detection and is relayed as TCP at once (server-first protocols: SMTP, MySQL, PostgreSQL, Redis, ...). Empty: none.", check=parse_port_list),
+    Setting("http_max_head_bytes", int, 61440, "HTTP: the largest message head (start line and header fields). A larger request head is answered 431; a larger response head 502.", minimum=1024, maximum=1048576),
+    Setting("http_max_headers", int, 100, "HTTP: the most header fields in one message head. More in a request is answered 431; in a response 502.", minimum=1, maximum=1000),
+    Setting("http_max_request_line_bytes", int, 61440, "HTTP: the longest request line (a longer one is answered 414) or status line (502).", minimum=256, maximum=1048576),
+    Setting("http_idle_timeout_s", int, 3600, "HTTP: a downstream connection idle between requests for this long is closed (0 = never).", minimum=0),
+    Setting("http_request_timeout_ms", int, 0, "HTTP: the longest wait from a request sent upstream to its response head; past it the client gets 504 (flag UT). 0 = no limit, as Istio's default.", minimum=0),
+    Setting("generate_request_id", bool, True, "HTTP: add an x-request-id header (a random UUIDv4) to requests that carry none (true/false, 1/0)."),
+    Setting("upstream_pool_max_idle", int, 64, "HTTP: idle keep-alive upstream connections kept per endpoint in each worker (0: none; every request opens a new one).", minimum=0),
+    Setting("upstream_idle_timeout_ms", int, 60000, "HTTP: an idle pooled upstream connection unused for this long is closed.", minimum=1),
     Setting("app_pid_file", str, "", "For Jobs/CronJobs: a file holding the app's PID (e.g. written by `sh -c 'echo $$ > /run/app/pid; exec APP'` on a shared volume). Once that process has been seen running and is gone, the proxy shuts down as on /quitquitquit (readiness off, drain, exit 0). Checked every second. The proxy must see the app's processes: in Kubernetes set shareProcessNamespace: true. Empty: off."),
 )
 
@@ -110,6 +148,12 @@ class TcpProxy:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpProxy:
+    """An explicit HTTP/1.1 listener: each request is routed by virtual_services."""
+    cluster: str | None = None  # for requests no route matches; None: 404 with flag NR
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: SocketAddress
@@ -118,6 +162,7 @@ class Listener:
     use_original_dst: bool = False
     traffic_direction: str = "UNSPECIFIED"
     tcp_proxy: TcpProxy | None = None
+    http: HttpProxy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +170,6 @@ class Config:
     settings: dict[str, Any]
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...] = field(default=())
+    # VirtualService documents as given (JSON data), validated by
+    # routing.http.compile_virtual_services; the routing table carries them.
+    virtual_services: tuple[dict[str, Any], ...] = ()

@@ -158,15 +158,18 @@ _NO_OPS = HeaderOps()
 
 
 class Destination:
-    """Where a request goes: Istio's Destination (host is the service / cluster name)."""
+    """Where a request goes: Istio's Destination (host is the service / cluster
+    name, lower-cased). where: the path of its route[] entry, for errors."""
 
-    __slots__ = ("host", "subset", "port", "weight")
+    __slots__ = ("host", "subset", "port", "weight", "where")
 
-    def __init__(self, host: str, subset: str | None, port: int | None, weight: int):
+    def __init__(self, host: str, subset: str | None, port: int | None, weight: int,
+                 where: str = ""):
         self.host = host
         self.subset = subset
         self.port = port
         self.weight = weight
+        self.where = where
 
     def __repr__(self) -> str:
         return (f"Destination({self.host!r}, subset={self.subset!r}, port={self.port!r}, "
@@ -235,13 +238,20 @@ class HttpRoute:
     replaces the first rewrite_prefix_len bytes of the path (None: the whole
     path), rewrite_authority (None: none) the Host. kind REDIRECT: redirect.
     kind DIRECT_RESPONSE: direct_status and direct_body. request_headers and
-    response_headers apply in every case. `native` is free for the data path
-    to attach its compiled form (e.g. a RewriteOps) when it decodes the table.
+    response_headers apply in every case.
+
+    Filled by the routing table when it decodes (routing/table.py), so the
+    data path looks no name up per request: `clusters`, for kind ROUTE, is
+    TOTAL_WEIGHT ClusterRoute objects indexed as pick() indexes destinations
+    (cluster_for(r) is clusters[r % TOTAL_WEIGHT], the cluster of pick(r));
+    () otherwise. `native` is free for the data path to attach its compiled
+    form (e.g. a RewriteOps) once per table generation.
     """
 
     __slots__ = ("name", "where", "virtual_service", "kind", "destinations", "_by_weight",
                  "rewrite_uri", "rewrite_prefix_len", "rewrite_authority", "redirect",
-                 "direct_status", "direct_body", "request_headers", "response_headers", "native")
+                 "direct_status", "direct_body", "request_headers", "response_headers",
+                 "clusters", "native")
 
     def __init__(self, name: str | None, where: str, virtual_service: str | None, kind: str):
         self.name = name
@@ -258,12 +268,18 @@ class HttpRoute:
         self.direct_body = b""
         self.request_headers = _NO_OPS
         self.response_headers = _NO_OPS
+        self.clusters: tuple[Any, ...] = ()
         self.native: Any = None
 
     def pick(self, r: int) -> Destination:
         """The destination for the random number r >= 0: weight-proportional
         over r, deterministic for a given r. Only for kind ROUTE."""
         return self._by_weight[r % TOTAL_WEIGHT]
+
+    def cluster_for(self, r: int) -> Any:
+        """The resolved cluster of pick(r). Only for kind ROUTE, once the
+        routing table has filled `clusters`."""
+        return self.clusters[r % TOTAL_WEIGHT]
 
     def __repr__(self) -> str:
         return f"HttpRoute({self.name!r}, {self.kind}, at {self.where})"
@@ -391,14 +407,21 @@ def _parse_query(qs: bytes) -> dict[bytes, bytes]:
 
 class HttpRouteTable:
     """Every VirtualService, indexed by host. Immutable but for a small cache
-    of authority -> VirtualHost (the table lives in one worker)."""
+    of authority -> VirtualHost (the table lives in one worker).
 
-    __slots__ = ("virtual_hosts", "_exact", "_suffix", "_any", "_cache")
+    header_names: the lower-case header names any route examines (headers
+    or withoutHeaders); needs_headers: whether there are any, so the caller
+    builds a header mapping only when some route can look at it."""
+
+    __slots__ = ("virtual_hosts", "header_names", "needs_headers", "_exact", "_suffix", "_any",
+                 "_cache")
 
     CACHE_SIZE = 1024
 
     def __init__(self, virtual_hosts: tuple[VirtualHost, ...]):
         self.virtual_hosts = virtual_hosts
+        self.header_names = frozenset(h for vh in virtual_hosts for h in vh.header_names)
+        self.needs_headers = bool(self.header_names)
         self._exact: dict[bytes, VirtualHost] = {}
         self._suffix: dict[bytes, VirtualHost] = {}  # ".example.com" for "*.example.com"
         self._any: VirtualHost | None = None
@@ -411,6 +434,10 @@ class HttpRouteTable:
                     self._suffix[h[1:].encode()] = vh
                 else:
                     self._exact[h.encode()] = vh
+
+    def routes(self) -> tuple[HttpRoute, ...]:
+        """Every HttpRoute (one per route and match block), in order."""
+        return tuple(r for vh in self.virtual_hosts for r in vh.routes)
 
     def virtual_host(self, authority: bytes) -> VirtualHost | None:
         """The VirtualHost for an authority (Host value, any case, any port)."""
@@ -744,7 +771,7 @@ def _destinations(doc: Any, where: str) -> tuple[tuple[Destination, ...], tuple[
             weight = _int(d["weight"], f"{dw}.weight", 0, TOTAL_WEIGHT)
         else:
             weight = TOTAL_WEIGHT if len(doc) == 1 else 0
-        dests.append(Destination(host, subset, port, weight))
+        dests.append(Destination(host, subset, port, weight, dw))
     total = sum(d.weight for d in dests)
     if total != TOTAL_WEIGHT:
         raise ConfigError(where, f"destination weights must sum to {TOTAL_WEIGHT}, got {total}")

@@ -4,6 +4,11 @@ compile_table() turns a validated Config into a plain document (JSON bytes
 via encode()) that the manager publishes into shared memory. A worker decodes
 it with RouteTable.decode() into the immutable objects its data path uses:
 per-connection work is then a couple of dict lookups.
+
+HTTP: the document carries the VirtualService documents as given; decode
+compiles them once per generation (RouteTable.http) and resolves every
+route's destinations to ClusterRoute objects (HttpRoute.clusters), so a
+request costs the route selection and no name lookup.
 """
 from __future__ import annotations
 
@@ -16,15 +21,22 @@ from ..config.schema import (
     INBOUND_PASSTHROUGH_CLUSTER,
     PASSTHROUGH_CLUSTER,
     Config,
+    parse_port_list,
 )
 from ..stats.names import SlotRegistry
+from .http import ROUTE, TOTAL_WEIGHT, HttpRouteTable, compile_virtual_services
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 
 # Listener modes
-MODE_TCP = 0        # explicit listener: relay to its cluster
+MODE_TCP = 0        # explicit listener (protocol tcp: relay to its cluster; http: route requests)
 MODE_OUTBOUND = 1   # capture: route by original destination
 MODE_INBOUND = 2    # capture: relay to the local app at the original destination
+
+# Listener protocols
+PROTOCOL_TCP = "tcp"        # tcp_proxy: bytes relayed to the listener's cluster
+PROTOCOL_HTTP = "http"      # http: HTTP/1.1, each request routed by the virtual services
+PROTOCOL_DETECT = "detect"  # capture listener: HTTP/1 or TCP, decided per connection
 
 WILDCARDS = ("0.0.0.0", "::")
 
@@ -49,16 +61,21 @@ def compile_table(config: Config, slots: SlotRegistry) -> dict:
             continue
         if l.use_original_dst:
             mode = MODE_OUTBOUND if l.traffic_direction == "OUTBOUND" else MODE_INBOUND
+            protocol = PROTOCOL_DETECT
         else:
             mode = MODE_TCP
-        listeners.append({"name": l.name, "addresses": addrs, "mode": mode,
+            protocol = PROTOCOL_HTTP if l.http is not None else PROTOCOL_TCP
+        listeners.append({"name": l.name, "addresses": addrs, "mode": mode, "protocol": protocol,
                           "cluster": l.tcp_proxy.cluster if l.tcp_proxy else None,
+                          "http_cluster": l.http.cluster if l.http else None,
                           "block": slots.block("listener", l.name),
                           # TPROXY delivers inbound connections only to IP_TRANSPARENT sockets.
                           "transparent": mode == MODE_INBOUND
                           and config.settings["inbound_interception_mode"] == "TPROXY"})
     return {"version": TABLE_VERSION, "settings": dict(config.settings), "listeners": listeners,
-            "virtual": virtual, "clusters": clusters}
+            "virtual": virtual, "clusters": clusters,
+            "virtual_services": list(config.virtual_services),
+            "opaque_ports": sorted(parse_port_list(config.settings["opaque_ports"], "settings.opaque_ports"))}
 
 
 def encode(doc: dict) -> bytes:
@@ -85,24 +102,37 @@ class ClusterRoute:
 
 
 class ListenerRoute:
-    __slots__ = ("name", "addresses", "mode", "cluster", "block", "ports", "generation", "transparent")
+    """A bound listener. protocol is PROTOCOL_TCP (cluster: where bytes go),
+    PROTOCOL_HTTP (http_cluster: where requests no route matches go; None:
+    404 with flag NR) or PROTOCOL_DETECT (a capture listener)."""
+
+    __slots__ = ("name", "addresses", "mode", "protocol", "cluster", "http_cluster", "block", "ports",
+                 "generation", "transparent")
 
     def __init__(self, doc: dict, clusters: dict[str, ClusterRoute], generation: int):
         self.generation = generation
         self.name = doc["name"]
         self.addresses = [(ip, port) for ip, port in doc["addresses"]]
         self.mode = doc["mode"]
+        self.protocol = doc["protocol"]
         self.cluster = clusters[doc["cluster"]] if doc["cluster"] else None
+        self.http_cluster = clusters[doc["http_cluster"]] if doc["http_cluster"] else None
         self.block = doc["block"]
         self.ports = {port for _, port in self.addresses}
         self.transparent = doc.get("transparent", False)
 
 
 class RouteTable:
-    """The decoded table. Immutable once built; a new generation builds a new one."""
+    """The decoded table. Immutable once built; a new generation builds a new one.
+
+    http: the compiled virtual services, each ROUTE's `clusters` resolved
+    here; http_needs_headers: whether any route matches on request headers
+    (else the caller passes no header mapping); http_header_names: the only
+    names any route examines. opaque_ports: settings.opaque_ports, parsed."""
 
     __slots__ = ("generation", "settings", "listeners", "by_name", "clusters", "virtual", "virtual_port",
-                 "own_ports", "passthrough", "inbound_passthrough", "blackhole")
+                 "own_ports", "passthrough", "inbound_passthrough", "blackhole", "http",
+                 "http_needs_headers", "http_header_names", "opaque_ports")
 
     def __init__(self, generation: int, doc: dict):
         if doc.get("version") != TABLE_VERSION:
@@ -123,6 +153,10 @@ class RouteTable:
         self.passthrough = self.clusters[PASSTHROUGH_CLUSTER]
         self.inbound_passthrough = self.clusters[INBOUND_PASSTHROUGH_CLUSTER]
         self.blackhole = self.clusters[BLACKHOLE_CLUSTER]
+        self.opaque_ports = frozenset(doc["opaque_ports"])
+        self.http = _resolve(compile_virtual_services(doc["virtual_services"]), self.clusters)
+        self.http_needs_headers = self.http.needs_headers
+        self.http_header_names = self.http.header_names
 
     @classmethod
     def decode(cls, generation: int, payload: bytes) -> RouteTable:
@@ -147,6 +181,21 @@ class RouteTable:
             return False
         ip = dst[0]
         return ip in WILDCARDS or ip.startswith("127.") or ip == "::1"
+
+
+def _resolve(http: HttpRouteTable, clusters: dict[str, ClusterRoute]) -> HttpRouteTable:
+    """Fills each ROUTE's `clusters`: TOTAL_WEIGHT ClusterRoutes, [r] being pick(r)'s."""
+    for route in http.routes():
+        if route.kind != ROUTE:
+            continue
+        by_host = {}
+        for d in route.destinations:
+            c = clusters.get(d.host)
+            if c is None:
+                raise ValueError(f"{route.where}: destination host {d.host!r} is not a cluster in this table")
+            by_host[d.host] = c
+        route.clusters = tuple(by_host[route.pick(r).host] for r in range(TOTAL_WEIGHT))
+    return http
 
 
 def _weighted_ring(endpoints: list[tuple[str, int, int]]) -> list[tuple[str, int]]:

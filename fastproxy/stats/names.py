@@ -4,12 +4,16 @@ A listener or cluster owns a block of BLOCK slots in each worker's counter
 region (shared memory); the offsets below index into that block. Slot blocks
 are handed out by SlotRegistry when a config is compiled, and a name keeps its
 block for the manager's whole life, so counters survive reloads.
+
+The C HTTP engine (csrc/h1proxy.h, "Counter offsets") adds to the same
+blocks with its own H1_L_* / H1_C_* defines: they must equal the constants
+here of the same name (tests/unit/test_stats_names.py checks it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-BLOCK = 8  # slots per listener or cluster
+BLOCK = 16  # slots per listener or cluster
 
 # Listener block (label listener_name). rx = from the client, tx = to the client.
 L_CX_TOTAL = 0
@@ -18,6 +22,18 @@ L_RX_BYTES = 2
 L_TX_BYTES = 3
 L_REFUSED_LOOP = 4
 L_REFUSED_NO_ROUTE = 5
+# protocol detection on capture listeners: what each connection turned out to be
+L_DETECT_HTTP1 = 6
+L_DETECT_HTTP2 = 7
+L_DETECT_TLS = 8
+L_DETECT_OPAQUE = 9       # none of the above (or an opaque port)
+L_DETECT_TIMEOUT = 10     # the client sent nothing within detect_timeout_ms
+# HTTP responses sent to clients, by status class: L_RQ_1XX + (status // 100 - 1)
+L_RQ_1XX = 11
+L_RQ_2XX = 12
+L_RQ_3XX = 13
+L_RQ_4XX = 14
+L_RQ_5XX = 15
 
 # Cluster block (label cluster_name). rx = from the upstream, tx = to the upstream.
 C_CX_TOTAL = 0
@@ -26,6 +42,17 @@ C_RX_BYTES = 2
 C_TX_BYTES = 3
 C_CONNECT_FAIL = 4
 C_CONNECT_TIMEOUT = 5
+C_RQ_TOTAL = 6            # HTTP requests sent upstream (a keep-alive race replay counts once)
+# HTTP responses from upstreams, by status class: C_RQ_1XX + (status // 100 - 1)
+C_RQ_1XX = 7
+C_RQ_2XX = 8
+C_RQ_3XX = 9
+C_RQ_4XX = 10
+C_RQ_5XX = 11
+C_RQ_TIMEOUT = 12         # no response head within http_request_timeout_ms (504 UT)
+C_RQ_RESET = 13           # the upstream closed or reset mid-exchange (UC)
+C_POOL_REUSED = 14        # requests sent on a pooled keep-alive connection
+C_KA_RACE = 15            # requests replayed after a pooled connection closed under them
 
 # Worker-wide slots, block 0.
 G_SPLICED_BYTES = 0
@@ -42,6 +69,15 @@ class Metric:
     help: str
 
 
+_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_DETECTED = Metric("fastproxy_listener_protocol_detected_total", "counter",
+                   "Capture-listener connections by detected protocol (timeout: the client sent nothing "
+                   "within detect_timeout_ms; opaque: anything else, or an opaque port).")
+_DOWNSTREAM_RQ = Metric("fastproxy_listener_downstream_rq_total", "counter",
+                        "HTTP requests answered to clients, by the status class of the response.")
+_UPSTREAM_RQ_COMPLETED = Metric("fastproxy_cluster_upstream_rq_completed_total", "counter",
+                                "HTTP responses received from upstreams, by status class.")
+
 LISTENER_METRICS: tuple[tuple[Metric, int, dict[str, str]], ...] = (
     (Metric("fastproxy_listener_downstream_cx_total", "counter", "Downstream connections accepted."), L_CX_TOTAL, {}),
     (Metric("fastproxy_listener_downstream_cx_destroy_total", "counter", "Downstream connections closed."), L_CX_DESTROY, {}),
@@ -49,6 +85,10 @@ LISTENER_METRICS: tuple[tuple[Metric, int, dict[str, str]], ...] = (
     (Metric("fastproxy_listener_downstream_cx_tx_bytes_total", "counter", "Bytes sent to downstream."), L_TX_BYTES, {}),
     (Metric("fastproxy_listener_downstream_cx_refused_total", "counter", "Downstream connections refused."), L_REFUSED_LOOP, {"reason": "loop"}),
     (Metric("fastproxy_listener_downstream_cx_refused_total", "counter", "Downstream connections refused."), L_REFUSED_NO_ROUTE, {"reason": "no_route"}),
+    *((_DETECTED, off, {"protocol": p}) for p, off in (
+        ("http1", L_DETECT_HTTP1), ("http2", L_DETECT_HTTP2), ("tls", L_DETECT_TLS),
+        ("opaque", L_DETECT_OPAQUE), ("timeout", L_DETECT_TIMEOUT))),
+    *((_DOWNSTREAM_RQ, L_RQ_1XX + i, {"response_code_class": c}) for i, c in enumerate(_CLASSES)),
 )
 LISTENER_ACTIVE = Metric("fastproxy_listener_downstream_cx_active", "gauge", "Downstream connections open.")
 
@@ -59,6 +99,12 @@ CLUSTER_METRICS: tuple[tuple[Metric, int, dict[str, str]], ...] = (
     (Metric("fastproxy_cluster_upstream_cx_tx_bytes_total", "counter", "Bytes sent to upstream."), C_TX_BYTES, {}),
     (Metric("fastproxy_cluster_upstream_cx_connect_fail_total", "counter", "Upstream connects that failed (incl. timeouts)."), C_CONNECT_FAIL, {}),
     (Metric("fastproxy_cluster_upstream_cx_connect_timeout_total", "counter", "Upstream connects that timed out."), C_CONNECT_TIMEOUT, {}),
+    (Metric("fastproxy_cluster_upstream_rq_total", "counter", "HTTP requests sent upstream (a keep-alive race replay counts once)."), C_RQ_TOTAL, {}),
+    *((_UPSTREAM_RQ_COMPLETED, C_RQ_1XX + i, {"response_code_class": c}) for i, c in enumerate(_CLASSES)),
+    (Metric("fastproxy_cluster_upstream_rq_timeout_total", "counter", "HTTP requests with no response head within the request timeout (504, flag UT)."), C_RQ_TIMEOUT, {}),
+    (Metric("fastproxy_cluster_upstream_rq_reset_total", "counter", "HTTP exchanges the upstream closed or reset mid-way (flag UC)."), C_RQ_RESET, {}),
+    (Metric("fastproxy_cluster_upstream_cx_pool_reused_total", "counter", "HTTP requests sent on a pooled keep-alive upstream connection."), C_POOL_REUSED, {}),
+    (Metric("fastproxy_cluster_upstream_keepalive_race_replays_total", "counter", "HTTP requests sent again on a new connection because the pooled one closed before any response byte."), C_KA_RACE, {}),
 )
 CLUSTER_ACTIVE = Metric("fastproxy_cluster_upstream_cx_active", "gauge", "Upstream connections open.")
 

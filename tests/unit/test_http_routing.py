@@ -194,6 +194,25 @@ def test_header_names_say_what_to_extract():
     assert vh.header_names == {b"end-user", b"x-tenant", b"x-version", b"x-canary", b"x-a",
                                b"x-b", b"user-agent", b"x-internal"}
     assert TABLE.virtual_host(b"x.example.com").header_names == frozenset()
+    # the table's: every virtual host's, so a caller builds a header mapping only if needed
+    assert TABLE.header_names >= vh.header_names and TABLE.needs_headers is True
+    plain = compile_virtual_services([{"hosts": ["h"], "http": [to("a", {"uri": {"prefix": "/"}}),
+                                                                 to("b", {"method": {"exact": "GET"}})]}])
+    assert plain.header_names == frozenset() and plain.needs_headers is False
+    assert compile_virtual_services([]).needs_headers is False
+    only_without = compile_virtual_services([{"hosts": ["h"], "http": [to("a", {"withoutHeaders": {"x-a": {}}})]}])
+    assert only_without.header_names == {b"x-a"} and only_without.needs_headers is True
+
+
+def test_routes_lists_every_route_and_block_in_order():
+    table = compile_virtual_services([
+        {"hosts": ["a"], "http": [to("one", {"uri": {"exact": "/1"}}, {"uri": {"exact": "/2"}}), to("two")]},
+        {"hosts": ["b"], "http": [to("three", directResponse={"status": 200})]}])
+    assert [(r.name, r.where) for r in table.routes()] == [
+        ("one", "virtual_services[0].http[0].match[0]"), ("one", "virtual_services[0].http[0].match[1]"),
+        ("two", "virtual_services[0].http[1]"), ("three", "virtual_services[1].http[0]")]
+    # resolution slots start empty: the routing table fills clusters, the data path native
+    assert all(r.clusters == () and r.native is None for r in table.routes())
 
 
 def test_route_results_carry_their_match_block():
@@ -241,6 +260,14 @@ def test_destination_fields():
     (d,) = route.destinations
     assert (d.host, d.subset, d.port, d.weight) == ("reviews", "v1", 9080, 100)
     assert route.pick(12345) is d
+    assert d.where == "virtual_services[0].http[1].route[0]"
+
+
+def test_cluster_for_follows_pick():
+    table = compile_virtual_services([{"hosts": ["h"], "http": [{"route": [dest("a", 30), dest("b", 70)]}]}])
+    (route,) = table.routes()
+    route.clusters = tuple(route.pick(r).host.upper() for r in range(rh.TOTAL_WEIGHT))
+    assert all(route.cluster_for(r) == route.pick(r).host.upper() for r in range(1000))
 
 
 def test_rewrite_without_uri_match_replaces_slash():

@@ -341,7 +341,7 @@ def test_resource_annotations(annos, resources, workers):
 def test_every_settings_annotation_becomes_its_variable():
     samples = {"workers": "3", "log_level": "debug", "drain_seconds": "7.5", "connect_timeout_ms": "500",
                "app_pid_file": "/run/app/pid", "idle_timeout_s": "0", "buffer_bytes": "131072", "outbound_traffic_policy": "REGISTRY_ONLY",
-               "backlog": "128", "table_bytes": "1048576", "counter_slots": "2048", "config_poll_ms": "0"}
+               "backlog": "128", "table_bytes": "1048576", "counter_slots": "2048", "config_poll_ms": "0", "detect_timeout_ms": "100", "opaque_ports": "3306,5432", "http_max_head_bytes": "8192", "http_max_headers": "50", "http_max_request_line_bytes": "4096", "http_idle_timeout_s": "60", "http_request_timeout_ms": "15000", "generate_request_id": "false", "upstream_pool_max_idle": "16", "upstream_idle_timeout_ms": "30000"}
     assert set(samples) == {a.setting for a in annotations.SETTINGS_GROUP}, "a new setting needs a sample"
     pod = injected_pod({f"fastproxy.io/{k.replace('_', '-')}": v for k, v in samples.items()})
     assert env_of(pod) == {f"FASTPROXY_{k.upper()}": v for k, v in samples.items()}

@@ -2,7 +2,18 @@
 from collections import Counter
 
 from fastproxy.config.load import load_text
-from fastproxy.routing.table import MODE_INBOUND, MODE_OUTBOUND, MODE_TCP, RouteTable, compile_table, encode
+from fastproxy.routing.http import REDIRECT, ROUTE, TOTAL_WEIGHT
+from fastproxy.routing.table import (
+    MODE_INBOUND,
+    MODE_OUTBOUND,
+    MODE_TCP,
+    PROTOCOL_DETECT,
+    PROTOCOL_HTTP,
+    PROTOCOL_TCP,
+    RouteTable,
+    compile_table,
+    encode,
+)
 from fastproxy.stats.names import BLOCK, FIRST_BLOCK, SlotRegistry
 
 CFG = """
@@ -62,3 +73,112 @@ def test_loop_guard():
     assert not t.would_loop(("10.1.1.1", 80), False, out)       # TPROXY-style: real port
     assert t.would_loop(("127.0.0.1", 18080), True, out)        # NAT target is our own explicit listener
     assert not t.would_loop(("10.1.1.1", 18080), True, out)     # a remote host on the same port is fine
+
+
+# -- HTTP -------------------------------------------------------------------------
+
+HTTP_CFG = """
+listeners:
+  - {name: tcp, address: "127.0.0.1:18080", tcp_proxy: {cluster: v1}}
+  - {name: web, address: "127.0.0.1:18081", http: {cluster: v1}}
+  - {name: strict, address: "127.0.0.1:18082", http: {}}
+  - {name: out, address: "0.0.0.0:15001", use_original_dst: true, traffic_direction: OUTBOUND}
+  - {name: in, address: "0.0.0.0:15006", use_original_dst: true, traffic_direction: INBOUND}
+clusters:
+  - {name: v1, endpoints: [{address: "127.0.0.1:9000"}]}
+  - {name: v2, endpoints: [{address: "127.0.0.1:9001"}]}
+virtual_services:
+  - name: reviews
+    hosts: [reviews.example.com]
+    http:
+      - match: [{uri: {prefix: /moved}}]
+        redirect: {uri: /new}
+      - match: [{uri: {prefix: /canary}}, {method: {exact: PUT}}]
+        route: [{destination: {host: v2}}]
+      - route:
+          - {destination: {host: v1}, weight: 90}
+          - {destination: {host: v2}, weight: 10}
+"""
+
+
+def test_listener_protocols_and_http_cluster():
+    t, _ = table(HTTP_CFG)
+    by = t.by_name
+    assert {n: l.protocol for n, l in by.items()} == {
+        "tcp": PROTOCOL_TCP, "web": PROTOCOL_HTTP, "strict": PROTOCOL_HTTP, "out": PROTOCOL_DETECT,
+        "in": PROTOCOL_DETECT}
+    assert by["tcp"].cluster is t.clusters["v1"] and by["tcp"].http_cluster is None
+    assert by["web"].http_cluster is t.clusters["v1"] and by["web"].cluster is None
+    assert by["strict"].http_cluster is None
+    assert by["web"].mode == MODE_TCP and by["out"].mode == MODE_OUTBOUND
+    assert by["out"].http_cluster is None and by["out"].cluster is None
+
+
+def test_http_routes_resolve_their_clusters_once():
+    t, _ = table(HTTP_CFG)
+    route = t.http.select(b"reviews.example.com", b"GET", b"/books")
+    assert route.kind == ROUTE and route.native is None
+    assert len(route.clusters) == TOTAL_WEIGHT
+    assert all(c is t.clusters[c.name] for c in route.clusters)
+    for r in range(3 * TOTAL_WEIGHT):
+        assert route.cluster_for(r) is t.clusters[route.pick(r).host]
+    assert Counter(c.name for c in route.clusters) == {"v1": 90, "v2": 10}
+    # every match block of a route carries the same resolution
+    blocks = [t.http.select(b"reviews.example.com", b"GET", b"/canary"),
+              t.http.select(b"reviews.example.com", b"PUT", b"/x")]
+    assert blocks[0] is not blocks[1]
+    assert all(b.clusters == (t.clusters["v2"],) * TOTAL_WEIGHT for b in blocks)
+    redirect = t.http.select(b"reviews.example.com", b"GET", b"/moved/a")
+    assert redirect.kind == REDIRECT and redirect.clusters == ()
+    assert t.http.select(b"other.example.com", b"GET", b"/") is None
+
+
+def test_each_generation_has_its_own_routes():
+    t1, slots = table(HTTP_CFG)
+    t2, _ = table(HTTP_CFG, slots=slots)
+    r1 = t1.http.select(b"reviews.example.com", b"GET", b"/")
+    r2 = t2.http.select(b"reviews.example.com", b"GET", b"/")
+    r1.native = object()
+    assert r2.native is None
+    assert r2.cluster_for(0) is t2.clusters["v1"] and r2.cluster_for(0) is not r1.cluster_for(0)
+    assert r1.cluster_for(0).block == r2.cluster_for(0).block
+
+
+def test_table_document_carries_virtual_services_and_settings():
+    config = load_text(HTTP_CFG, {"FASTPROXY_DETECT_TIMEOUT_MS": "20"})
+    doc = compile_table(config, SlotRegistry(1024))
+    assert doc["virtual_services"] == list(config.virtual_services)
+    assert doc["settings"]["detect_timeout_ms"] == 20
+    assert {l["name"]: (l["protocol"], l["http_cluster"]) for l in doc["listeners"]} == {
+        "tcp": ("tcp", None), "web": ("http", "v1"), "strict": ("http", None), "out": ("detect", None),
+        "in": ("detect", None)}
+    t = RouteTable.decode(3, encode(doc))
+    assert t.settings["detect_timeout_ms"] == 20
+    assert t.settings["generate_request_id"] is True
+
+
+def test_opaque_ports():
+    t, _ = table(HTTP_CFG)
+    assert t.opaque_ports == frozenset({25, 587, 3306, 4444, 5432, 6379, 9300, 11211})
+    t, _ = table(HTTP_CFG, env={"FASTPROXY_OPAQUE_PORTS": "9092, 5672"})
+    assert t.opaque_ports == frozenset({9092, 5672})
+    t, _ = table(HTTP_CFG, env={"FASTPROXY_OPAQUE_PORTS": ""})
+    assert t.opaque_ports == frozenset()
+
+
+def test_http_needs_headers_only_when_a_route_matches_on_them():
+    t, _ = table(HTTP_CFG)
+    assert t.http_needs_headers is False and t.http_header_names == frozenset()
+    t, _ = table()  # no virtual services at all
+    assert t.http_needs_headers is False and t.http.select(b"a", b"GET", b"/") is None
+    with_headers = HTTP_CFG + """
+  - hosts: [ratings.example.com]
+    http:
+      - match: [{headers: {X-User: {exact: jason}}}, {withoutHeaders: {cookie: {}}}]
+        route: [{destination: {host: v2}}]
+"""
+    t, _ = table(with_headers)
+    assert t.http_needs_headers is True
+    assert t.http_header_names == frozenset({b"x-user", b"cookie"})
+    route = t.http.select(b"ratings.example.com", b"GET", b"/", {b"x-user": b"jason", b"cookie": b"a"})
+    assert route.cluster_for(7) is t.clusters["v2"]
