@@ -20,6 +20,7 @@ NATIVE = {
     "relay": ["csrc/relay.c", "csrc/engine.c", "csrc/sockops.c"],  # L4 path: splice pump, epoll engine, socket seam
     "http1": ["csrc/http1.c"],
     "rewrite": ["csrc/rewrite.c", "csrc/http1.c"],  # parses, then rewrites: links the parser
+    "detect": ["csrc/detect.c"],  # protocol detection from the first bytes
 }
 
 

@@ -302,6 +302,24 @@ CASES = [
     ok("Upgrade in HTTP/1.0", b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
        llhttp="llhttp upgrades an HTTP/1.0 request; RFC 9110 §7.8 says to ignore Upgrade there"),
 
+    ok("Upgrade request with a Content-Length body", b"POST /ws HTTP/1.1\r\n" + H
+       + b"Connection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 3\r\n\r\nabcNEW",
+       llhttp="llhttp ends the message at the head and hands the body to the new protocol; "
+              "RFC 9112 §6.3 frames it by Content-Length, the switch comes after it (RFC 9110 §7.8)"),
+    ok("Proxy-Connection: close is not Connection", b"GET / HTTP/1.1\r\n" + H
+       + b"Proxy-Connection: close\r\n\r\n",
+       llhttp="llhttp reads the non-standard Proxy-Connection as Connection; RFC 9112 §9.6 defines "
+              "only Connection (RFC 9110 §7.6.1 lists Proxy-Connection as one to remove)"),
+    ok("framing fields in the trailer section", b"POST / HTTP/1.1\r\n" + H
+       + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nContent-Length: 5\r\n"
+       b"Transfer-Encoding: gzip\r\n\r\n",
+       llhttp="llhttp rejects Content-Length/Transfer-Encoding trailers; RFC 9110 §6.5.1 forbids "
+              "only acting on them (the body is already framed): we parse and never use them"),
+    ok("absolute-form authority with '\"'", b"GET http://ex\"ample.com/ HTTP/1.1\r\n" + H + b"\r\n",
+       llhttp="llhttp's URL parser checks the authority's bytes; the head parser checks the "
+              "request-target's bytes only (VCHAR, RFC 9112 §3.2), not RFC 3986 syntax"),
+    ok("absolute-form scheme with '+'", b"GET coap+tcp://a.example/ HTTP/1.1\r\n" + H + b"\r\n",
+       llhttp="llhttp takes letters only in a scheme; RFC 3986 §3.1 allows + - . after the first"),
     # ---- malformed requests ----
     bad("bare LF ends the request-line", b"GET / HTTP/1.1\n" + H + b"\r\n", 400),
     bad("bare LF ends a field line", b"GET / HTTP/1.1\r\nHost: a\n\r\n", 400),
@@ -396,6 +414,62 @@ CASES = [
         llhttp="llhttp has no head size limit (its users add one)"),
     bad("request-line over 60 KiB", b"GET /" + BIG_VALUE + b" HTTP/1.1\r\n" + H + b"\r\n", 414,
         llhttp="llhttp has no request-line limit (its users add one)"),
+    bad("Transfer-Encoding: xchunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: xchunked"
+        b"\r\n\r\n0\r\n\r\n", 400),
+    bad("TE chunked then Content-Length", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked"
+        b"\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", 400),
+    bad("Content-Length 0x10", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 0x10\r\n\r\n", 400),
+    bad("Content-Length -1", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n", 400),
+    bad("Content-Length '1 2'", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1 2\r\n\r\n", 400),
+    bad("two different Content-Length", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n"
+        b"Content-Length: 4\r\n\r\nabcd", 400),
+    bad("Content-Length with Transfer-Encoding: identity", b"POST / HTTP/1.1\r\n" + H
+        + b"Content-Length: 2\r\nTransfer-Encoding: identity\r\n\r\nab", 400),
+    bad("chunk size +3", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+        b"+3\r\nabc\r\n0\r\n\r\n", 400),
+    bad("chunk size -3", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+        b"-3\r\nabc\r\n0\r\n\r\n", 400),
+    bad("bare LF after the chunk size", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked"
+        b"\r\n\r\n3\nabc\r\n0\r\n\r\n", 400),
+    bad("bare LF ends the trailer section", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: "
+        b"chunked\r\n\r\n3\r\nabc\r\n0\r\n\n", 400),
+    bad("empty line before the first chunk", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: "
+        b"chunked\r\n\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400),
+    bad("unterminated quoted chunk extension", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: "
+        b"chunked\r\n\r\n3;a=\"x\r\nabc\r\n0\r\n\r\n", 400),
+    bad("CTL in a quoted chunk extension", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: "
+        b"chunked\r\n\r\n3;a=\"\x01\"\r\nabc\r\n0\r\n\r\n", 400),
+    bad("trailer without a colon", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n"
+        b"\r\n0\r\nT v\r\n\r\n", 400),
+    bad("NUL in a trailer value", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n"
+        b"\r\n0\r\nT: v\x00\r\n\r\n", 400),
+    bad("HTAB before the colon", b"GET / HTTP/1.1\r\n" + H + b"X\t: a\r\n\r\n", 400),
+    bad("'\"' in a name", b"GET / HTTP/1.1\r\n" + H + b"\"X\": a\r\n\r\n", 400),
+    bad("'/' in a name", b"GET / HTTP/1.1\r\n" + H + b"X/: a\r\n\r\n", 400),
+    bad("NUL in a name", b"GET / HTTP/1.1\r\n" + H + b"X\x00: a\r\n\r\n", 400),
+    bad("NUL in the target", b"GET /\x00 HTTP/1.1\r\n" + H + b"\r\n", 400),
+    bad("'(' in the method", b"G(T / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    bad("HTAB between method and target", b"GET\t/ HTTP/1.1\r\n" + H + b"\r\n", 400),
+    bad("HTAB between target and version", b"GET /\tHTTP/1.1\r\n" + H + b"\r\n", 400),
+    bad("CR CR LF ends the request-line", b"GET / HTTP/1.1\r\r\n" + H + b"\r\n", 400),
+    bad("CR CR LF ends the head", b"GET / HTTP/1.1\r\n" + H + b"\r\r\n", 400),
+    bad("HTTP/1.10", b"GET / HTTP/1.10\r\n" + H + b"\r\n", 400),
+    bad("HTTP/01.1", b"GET / HTTP/01.1\r\n" + H + b"\r\n", 400),
+    bad("HTTP/1.", b"GET / HTTP/1.\r\n" + H + b"\r\n", 400),
+    bad("bare LF before the request-line", b"\nGET / HTTP/1.1\r\n" + H + b"\r\n", 400,
+        llhttp="llhttp skips a bare LF before the request-line; RFC 9112 §2.2 skips empty lines "
+               "(CRLF), and we take a bare LF nowhere"),
+    bad("Host with userinfo", b"GET / HTTP/1.1\r\nHost: u@a.example\r\n\r\n", 400,
+        llhttp="llhttp does not check Host; RFC 9110 §7.2: Host is uri-host [\":\" port]"),
+    bad("CONNECT without a port", b"CONNECT a.example HTTP/1.1\r\nHost: a.example\r\n\r\n", 400,
+        llhttp="llhttp takes any CONNECT target; RFC 9112 §3.2.3: authority-form is host:port"),
+    bad("CONNECT with a non-numeric port", b"CONNECT a.example:https HTTP/1.1\r\n"
+        b"Host: a.example\r\n\r\n", 400,
+        llhttp="llhttp takes any CONNECT target; RFC 9112 §3.2.3: port is digits"),
+    bad("CONNECT with a body", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n"
+        b"Content-Length: 2\r\n\r\nab", 400,
+        llhttp="llhttp ignores the length and tunnels; RFC 9110 §9.3.6: CONNECT has no content, "
+               "so declared content would be smuggled into the tunnel"),
 
     # ---- valid responses ----
     ok("200 with Content-Length", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", "response"),
@@ -421,6 +495,21 @@ CASES = [
     ok("response HTTP/1.0 keep-alive", b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n"
        b"\r\nx", "response"),
     ok("response HTTP/1.0 without framing", b"HTTP/1.0 200 OK\r\n\r\nuntil close", "response"),
+    ok("101 without an Upgrade field", b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade"
+       b"\r\n\r\n", "response",
+       llhttp="llhttp switches protocols only with both Upgrade and Connection: upgrade; to us "
+              "the 101 is the switch (RFC 9110 §15.2.2), whatever fields came with it"),
+    ok("1xx other than 100..103 with Content-Length", b"HTTP/1.1 150 X\r\nContent-Length: 1\r\n"
+       b"\r\n", "response",
+       llhttp="llhttp waits for content after 1xx codes it does not know; RFC 9112 §6.3 (1): a "
+              "1xx response ends at its head, whatever its fields"),
+    ok("Content-Length with trailing OWS", b"HTTP/1.1 200 OK\r\nContent-Length: 1 \t\r\n\r\nx",
+       "response"),
+    ok("empty reason after SP", b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n", "response"),
+    ok("103 Early Hints with fields", b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n"
+       b"\r\n", "response"),
+    ok("204 with Transfer-Encoding", b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+       "response"),
 
     # ---- malformed responses (all 502) ----
     bad("response CL + TE", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n"
@@ -443,6 +532,31 @@ CASES = [
     bad("response HTTP/1.0 with Transfer-Encoding", b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked"
         b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 502, "response",
         llhttp="llhttp decodes it; RFC 9112 §6.1: treat the framing as faulty"),
+    bad("response bare LF after the status-line", b"HTTP/1.1 200 OK\nContent-Length: 1\r\n\r\nx",
+        502, "response"),
+    bad("response no SP before the reason", b"HTTP/1.1 200OK\r\nContent-Length: 0\r\n\r\n", 502,
+        "response"),
+    bad("response two SPs before the status", b"HTTP/1.1  200 OK\r\nContent-Length: 0\r\n\r\n",
+        502, "response"),
+    bad("response lower-case http", b"http/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 502,
+        "response"),
+    bad("response two-digit status", b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n", 502,
+        "response"),
+    bad("response HTTP/1.2", b"HTTP/1.2 200 OK\r\nContent-Length: 0\r\n\r\n", 502, "response"),
+    bad("response Content-Length -1", b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nx", 502,
+        "response"),
+    bad("response Content-Length list", b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\nx", 502,
+        "response"),
+    bad("response Transfer-Encoding: identity", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n"
+        b"Content-Length: 1\r\n\r\nx", 502, "response"),
+    bad("response SP before the colon", b"HTTP/1.1 200 OK\r\nX : a\r\nContent-Length: 0\r\n\r\n",
+        502, "response"),
+    bad("response chunked twice", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 502, "response",
+        llhttp="llhttp accepts chunked applied twice (on two lines); RFC 9112 §6.1: chunked "
+               "must not be applied more than once"),
+    bad("response status 000", b"HTTP/1.1 000 X\r\nContent-Length: 0\r\n\r\n", 502, "response",
+        llhttp="llhttp takes any 3 digits; RFC 9110 §15: status codes are 100..599"),
 ]
 
 VALID = [c for c in CASES if c.status is None]
@@ -608,6 +722,13 @@ LLHTTP_STRICTER = [
     ("trailing OWS after a Transfer-Encoding value (RFC 9112 §5: not part of the value)",
      ("request", "response"),
      lambda raw, o: bool(re.search(rb"(?im)^transfer-encoding:[^\r\n]*[ \t]\r\n", raw))),
+    ("framing fields in a trailer section (RFC 9110 §6.5.1: not acted on, not an error)",
+     ("request", "response"),
+     lambda raw, o: bool(re.search(rb"\r\n0+(?:;[^\r\n]*)?\r\n(?:[^\r\n]+\r\n)*"
+                                   rb"(?i:content-length|transfer-encoding)[ \t]*:", raw))),
+    ("absolute-form target: llhttp's URL parser checks the scheme and authority bytes; the head "
+     "parser checks VCHAR only (RFC 9112 §3.2)", ("request",),
+     lambda raw, o: o.target is not None and o.target[:1] != b"/" and b"://" in o.target),
 ]
 LLHTTP_METHODS = {
     b"DELETE", b"GET", b"HEAD", b"POST", b"PUT", b"CONNECT", b"OPTIONS", b"TRACE", b"COPY",
