@@ -55,7 +55,7 @@ test-py: build
 test: test-c test-py
 
 bench: build
-	$(PY) -m bench $(if $(QUICK),--quick)
+	$(PY) -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # The sidecar image. With a Docker engine: docker build. Without one (these
 # machines): shared/tools/container-build.sh, beside the repo (podman + debootstrap, root).

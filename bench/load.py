@@ -1,7 +1,8 @@
-"""Load generators, pinned to the load CPU: bench.blast (bulk) and wrk (short connections).
+"""Load generators, pinned to the load CPU: bench.blast (bulk), wrk (HTTP), bench.idle.
 
-Both report machine-readable results (the receiver's JSON file, wrk through
-configs/wrk_report.lua), so no human-readable output is scraped.
+Each reports machine-readable results (the receiver's JSON file, wrk through
+configs/wrk_report.lua, bench.idle's JSON file), so no human-readable output
+is scraped.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class Wrk:
 
     requests: int
     seconds: float
+    bytes: int
     errors: dict
     latency_us: dict
+    curve: list  # [[percentile, us], ...] from wrk's latency distribution
     command: str
 
     @property
@@ -85,23 +88,41 @@ class Wrk:
         return sum(self.errors.values())
 
 
-def wrk_argv(wrk: str, port: int, *, connections: int, seconds: float) -> list[str]:
-    # One thread: the load shares one CPU with the upstream. Every request
-    # carries Connection: close, so every request is a new TCP connection
-    # through the proxy (accept, upstream connect, relay, two closes).
-    return [
-        wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "2s",
-        "-H", "Connection: close",
-        "-s", templates.path("wrk_report.lua"),
-        f"http://{net.HOST}:{port}/",
-    ]
+def wrk_script(workdir: str, *, pace_ms: int | None = None, poisson: bool = False) -> str:
+    """The wrk Lua script: the JSON report alone, or pacing (configs/wrk_paced.lua) plus it."""
+    if pace_ms is None:
+        return templates.path("wrk_report.lua")
+    with open(templates.path("wrk_report.lua")) as f:
+        report = f.read()
+    text = templates.render("wrk_paced.lua", mean_ms=pace_ms, poisson=int(poisson)) + report
+    return templates.write(workdir, f"wrk-paced-{pace_ms}ms-{'poisson' if poisson else 'steady'}.lua", text)
+
+
+def wrk_argv(
+    wrk: str, port: int, *, connections: int, seconds: float, path: str = "/",
+    close: bool = False, script: str | None = None,
+) -> list[str]:
+    """One wrk thread (the load shares its CPU with the upstream).
+
+    close=True sends Connection: close, so every request is a new TCP
+    connection through the proxy (accept, upstream connect, relay, two
+    closes); otherwise connections are kept alive.
+    """
+    # wrk takes whole seconds.
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "2s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv += ["-s", script or templates.path("wrk_report.lua"), f"http://{net.HOST}:{port}{path}"]
+    return argv
 
 
 def wrk_run(
     wrk: str, port: int, *, connections: int, seconds: float, cpu: str | None,
+    path: str = "/", close: bool = False, script: str | None = None,
     tick: Callable[[], None] | None = None,
 ) -> Wrk:
-    argv = wrk_argv(wrk, port, connections=connections, seconds=seconds)
+    argv = wrk_argv(wrk, port, connections=connections, seconds=seconds, path=path,
+                    close=close, script=script)
     timeout = seconds + 30
     try:
         r = procs.run(argv, cpu=cpu, timeout=timeout, tick=tick)
@@ -111,10 +132,14 @@ def wrk_run(
     if r.returncode != 0 or line is None:
         raise LoadError(f"wrk exited {r.returncode}: {(r.stderr or r.stdout).strip()[-300:]}")
     doc = json.loads(line[len(WRK_MARKER):])
+    if not doc["requests"]:
+        raise LoadError(f"wrk completed no request (errors {doc['errors']})")
     return Wrk(
         requests=int(doc["requests"]),
         seconds=doc["duration_us"] / 1e6,
+        bytes=int(doc["bytes"]),
         errors=doc["errors"],
         latency_us=doc["latency_us"],
+        curve=doc["curve"],
         command=procs.command_line(procs.pinned(argv, cpu)),
     )

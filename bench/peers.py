@@ -166,3 +166,37 @@ def version(name: str, path: str | None) -> str:
 def _last_line(text: str) -> str:
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else "failed"
+
+
+def ensure_plotting(*, install: bool, say) -> str | None:
+    """A Python that can import matplotlib (the bench's peers venv), installing it there if allowed."""
+    py = os.path.join(PEERS_VENV, "bin", "python")
+    for candidate in (py, sys.executable):
+        if os.path.exists(candidate) and _imports(candidate, "matplotlib"):
+            return candidate
+    if not install:
+        say("matplotlib is missing (--no-install): no PNG plots")
+        return None
+    say(f"installing matplotlib into {os.path.relpath(PEERS_VENV)}")
+    try:
+        if not os.path.exists(py):
+            r = procs.run([sys.executable, "-m", "venv", PEERS_VENV], timeout=120)
+            if r.returncode != 0:
+                say(f"no PNG plots: venv failed: {_last_line(r.stderr)}")
+                return None
+        r = procs.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                       "matplotlib"], timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        say(f"no PNG plots: pip install matplotlib timed out after {PIP_TIMEOUT_S}s")
+        return None
+    if r.returncode != 0 or not _imports(py, "matplotlib"):
+        say(f"no PNG plots: pip install matplotlib failed: {_last_line(r.stderr)}")
+        return None
+    return py
+
+
+def _imports(python: str, module: str) -> bool:
+    try:
+        return procs.run([python, "-c", f"import {module}"], timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

@@ -240,3 +240,29 @@ def cpu_busy(before: list, after: list, cpus: set[int]) -> float | None:
         busy += t - idle
         total += t
     return min(1.0, max(0.0, busy / total)) if total > 0 else None
+
+
+def tree_memory(pid: int) -> dict:
+    """Memory of pid and its descendants, in bytes.
+
+    rss sums each process's resident set (pages shared between the processes,
+    such as a forked worker's copy-on-write interpreter, count once per
+    process); pss shares each such page out between its processes, so the
+    sum counts it once. per_process lists (pid, rss) for each.
+    """
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {"rss": 0, "pss": 0, "processes": 0, "per_process": []}
+    rss = pss = 0
+    per = []
+    for p in procs:
+        try:
+            m = p.memory_full_info()
+        except psutil.Error:
+            continue
+        rss += m.rss
+        pss += getattr(m, "pss", m.rss)
+        per.append((p.pid, m.rss))
+    return {"rss": rss, "pss": pss, "processes": len(per), "per_process": per}
