@@ -1,0 +1,274 @@
+/* h1proxy.h - the worker's HTTP/1.1 proxy, driven from C through one epoll set.
+ *
+ * Why C: the per-request path (read, parse, route, rewrite, write, and the
+ * same back) must cost a few microseconds of CPU to beat nginx per
+ * CPU-second. Python runs once per batch of ready connections (the event
+ * loop watches h1_engine_fd()), once per request for the route decision
+ * (h1_route_fn: a handful of dict lookups), and once when a connection ends.
+ *
+ * Model. A downstream connection (h1_conn) carries requests one at a time:
+ *
+ *   [DETECT] -> READ_HEAD -> route -> (local response | upstream exchange)
+ *            -> [next request | close | tunnel]
+ *
+ * DETECT (optional, h1_conn_opts.detect): the first bytes are examined with
+ * recv(MSG_PEEK) and fp_detect() (detect.h), nothing is consumed. HTTP/1 goes
+ * on; anything else (HTTP/2, TLS, opaque, or nothing within detect_ms) is
+ * handed back to the caller as H1_EV_DETACH with the fd untouched, so that
+ * the caller relays it as TCP with every byte still in the socket.
+ *
+ * READ_HEAD: bytes are read into the connection's buffer and parsed with
+ * http1_parse_request (resumable); framing from http1_request_framing. A
+ * parse or framing error is answered locally with the parser's status and
+ * reason (400, 413, 414, 431, 501, 505), `Connection: close`, and the
+ * connection is closed after the write (no byte after the bad head is read
+ * or forwarded).
+ *
+ * Route: route_fn fills an h1_route (below). H1_ACT_RESPOND writes a local
+ * response (direct response, redirect, 404 NR, ...). H1_ACT_PROXY names the
+ * upstream endpoint; the engine takes an idle connection to that endpoint
+ * from its pool (per engine, keyed by endpoint address + source address) or
+ * connects a new one, writes the rewritten head (rw_request with the route's
+ * req_ops), then streams the request body:
+ *   - Content-Length: exactly that many bytes, copied as they arrive;
+ *   - chunked: decoded with http1_chunked_decode and RE-FRAMED (own size
+ *     lines, no extensions, no trailers), so the upstream never sees bytes
+ *     it could parse differently from us;
+ *   - none: nothing. Bytes after the head are the next (pipelined) request:
+ *     they stay in the buffer and are parsed only after this exchange ends.
+ * The response head is parsed (http1_parse_response, http1_response_framing
+ * with HEAD/CONNECT from the request), rewritten (rw_response with the
+ * route's resp_ops) and written; 1xx heads (100 Continue, 103) are
+ * forwarded as they come and the final head is parsed after them; the
+ * response body streams back by its framing (chunked re-framed, until-close
+ * bodies end the downstream connection after them).
+ *
+ * Never buffered whole: each direction moves through a bounded buffer; when
+ * the receiver does not take bytes, the sender is not read (backpressure).
+ * Memory per idle keep-alive connection: the struct only (buffers are taken
+ * from a per-engine free list when a request starts and given back when the
+ * connection goes idle with nothing buffered).
+ *
+ * After the exchange: the upstream connection returns to the pool when both
+ * messages ended cleanly and both allow persistence (else it is closed); the
+ * downstream connection reads the next request when the request and the
+ * response allow keep-alive (HTTP/1.0 with keep-alive included), else it is
+ * closed once the response is written.
+ *
+ * Upstream failures and their answers (plain-text body, the flag is counted
+ * and reported in h1_event.flags):
+ *   connect refused/unreachable/reset, or connect timeout  -> 503, flag UF
+ *   no complete response head within route.timeout_ms       -> 504, flag UT
+ *   EOF or reset before any response byte                   -> 503, flag UC
+ *   EOF or reset after response bytes were sent downstream   -> the downstream
+ *                                                              connection is
+ *                                                              reset, flag UC
+ *   an invalid response head or framing                     -> 502
+ * The keep-alive race: when a REUSED pooled connection fails (write error,
+ * EOF or reset) before any response byte arrived, and every byte of the
+ * request sent on it is still held (the head and the whole body fit in the
+ * buffer, which is kept until the response head arrives), the request is
+ * sent again on a fresh connection: the client never sees that race.
+ * Idle pooled connections stay registered: an EOF or reset on one removes it
+ * from the pool at once.
+ *
+ * Upgrade and CONNECT: a request with a valid Upgrade is forwarded with
+ * RW_CONN_UPGRADE; on a 101 response (or a 2xx to CONNECT) the head is
+ * forwarded, every byte already read beyond either head is written to the
+ * other side, and then both sockets are handed back (H1_EV_DETACH with
+ * H1_DETACH_TUNNEL and both fds) for the splice relay. Until the flush is
+ * done the engine copies in both directions itself.
+ *
+ * Timers: deadlines are kept in milliseconds of CLOCK_MONOTONIC and checked
+ * by h1_engine_expire(), which the worker calls from its tick; precision is
+ * the tick's.
+ *
+ * Counters: the engine adds directly to the worker's counter region (an
+ * array of uint64_t, written only by this process), at the listener and
+ * cluster blocks given per connection and per route, using the offsets
+ * below (kept in step with fastproxy/stats/names.py by a test).
+ *
+ * Edge-triggered epoll, each socket registered once (EPOLLIN|EPOLLOUT|
+ * EPOLLRDHUP|EPOLLET) and removed by close() or, on detach, EPOLL_CTL_DEL.
+ * A read returning fewer bytes than asked need not be repeated unless the
+ * event carried EPOLLRDHUP, EPOLLHUP or EPOLLERR (then read to EOF or
+ * EAGAIN): any byte or FIN arriving after the read raises a new edge.
+ * Single-threaded: one engine per event loop, no locking. SIGPIPE must be
+ * ignored by the process (CPython does); writes use send(MSG_NOSIGNAL).
+ */
+#ifndef FASTPROXY_H1PROXY_H
+#define FASTPROXY_H1PROXY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "http1.h"
+#include "rewrite.h"
+#include "sockops.h"
+
+/* Counter offsets inside a listener block (see stats/names.py). */
+#define H1_L_RX_BYTES        2   /* bytes read from the client */
+#define H1_L_TX_BYTES        3   /* bytes written to the client */
+#define H1_L_DETECT_HTTP1    6
+#define H1_L_DETECT_HTTP2    7
+#define H1_L_DETECT_TLS      8
+#define H1_L_DETECT_OPAQUE   9   /* not HTTP, TLS or HTTP/2 */
+#define H1_L_DETECT_TIMEOUT 10   /* the client sent nothing within detect_ms */
+#define H1_L_RQ_1XX         11   /* downstream responses by class: 11..15 = 1xx..5xx */
+/* Counter offsets inside a cluster block. */
+#define H1_C_CX_TOTAL        0   /* upstream connections opened */
+#define H1_C_CX_DESTROY      1   /* upstream connections closed */
+#define H1_C_RX_BYTES        2   /* bytes read from upstreams */
+#define H1_C_TX_BYTES        3   /* bytes written to upstreams */
+#define H1_C_CONNECT_FAIL    4   /* connects that failed or timed out */
+#define H1_C_CONNECT_TIMEOUT 5
+#define H1_C_RQ_TOTAL        6   /* requests sent upstream (a replay counts once) */
+#define H1_C_RQ_1XX          7   /* upstream responses by class: 7..11 = 1xx..5xx */
+#define H1_C_RQ_TIMEOUT     12   /* 504 UT */
+#define H1_C_RQ_RESET       13   /* UC: the upstream closed or reset mid-exchange */
+#define H1_C_POOL_REUSED    14   /* requests sent on a pooled connection */
+#define H1_C_KA_RACE        15   /* requests replayed after the keep-alive race */
+
+/* Response flags (Envoy's letters), a bit set in h1_event.flags. */
+#define H1_F_UF 0x01   /* upstream connect failure */
+#define H1_F_UT 0x02   /* upstream request timeout */
+#define H1_F_UC 0x04   /* upstream connection termination */
+#define H1_F_NR 0x08   /* no route (set by the route callback) */
+#define H1_F_DC 0x10   /* downstream connection termination mid-exchange */
+#define H1_F_DPE 0x20  /* downstream protocol error (a local 4xx/5xx for bad input) */
+#define H1_F_UPE 0x40  /* upstream protocol error (502) */
+
+/* h1_route.action */
+#define H1_ACT_PROXY   1
+#define H1_ACT_RESPOND 2
+
+/* The decision for one request, filled by the route callback. Pointers must
+ * stay valid until the engine calls release(ref) (the request ended). */
+typedef struct h1_route {
+    int action;                 /* H1_ACT_* */
+    uint32_t flags;             /* H1_F_* the decision itself carries (NR) */
+    /* H1_ACT_PROXY */
+    fp_addr upstream;           /* the endpoint */
+    fp_addr source;             /* bind to this source first; family 0 = none */
+    uint32_t cluster_block;     /* counter block of the cluster */
+    uint32_t connect_timeout_ms;
+    uint32_t timeout_ms;        /* request sent -> final response head; 0 = none */
+    const rw_ops *req_ops;      /* may be NULL */
+    const rw_ops *resp_ops;     /* may be NULL */
+    /* H1_ACT_RESPOND: the engine writes
+     *   "HTTP/1.1 " status " " reason CRLF  headers  "content-length: " len CRLF
+     *   ["connection: close" CRLF] CRLF body
+     * (no body for HEAD). headers: complete field lines, may be empty. */
+    int status;
+    rw_str reason;
+    rw_str headers;
+    rw_str body;
+    void *ref;                  /* handed to release() when the request ends; may be NULL */
+} h1_route;
+
+/* Returns 0 with *out filled, or -1 (the callback failed: the engine answers
+ * 500 and closes the connection). buf/p/f: the parsed request head (as in
+ * http1.h, offsets into buf). conn_user: the connection's user pointer. */
+typedef int (*h1_route_fn)(void *cb_data, void *conn_user, const char *buf,
+                           const http1_parser *p, const http1_framing *f, h1_route *out);
+typedef void (*h1_release_fn)(void *cb_data, void *ref);
+
+typedef struct h1_config {
+    http1_limits limits;          /* request and response heads */
+    uint32_t buffer_bytes;        /* per direction; >= limits.max_head_bytes + 1024 (raised to it) */
+    uint32_t pool_max_idle;       /* idle upstream connections kept per endpoint (0: no pooling) */
+    uint32_t pool_idle_ms;        /* an idle pooled connection is closed after this */
+    uint32_t client_idle_ms;      /* a downstream connection between requests; 0 = never */
+    uint64_t *counters;           /* the worker's counter region (slot i = counters[i]) */
+    uint32_t counters_len;        /* slots in it; offsets past it are not written */
+    h1_route_fn route;
+    h1_release_fn release;
+    void *cb_data;
+} h1_config;
+
+/* Per-connection options, copied by h1_engine_add (the strings too: they
+ * need not outlive the call). */
+typedef struct h1_conn_opts {
+    int detect;                   /* 1: DETECT first */
+    uint32_t detect_ms;           /* DETECT gives up after this (H1_DETACH_TIMEOUT) */
+    uint32_t listener_block;      /* counter block of the listener */
+    rw_str peer;                  /* client address text for x-forwarded-for ("" = none) */
+    rw_str proto;                 /* x-forwarded-proto value ("" = leave) */
+    rw_str default_host;          /* Host for HTTP/1.0 requests without one (the original destination) */
+    int request_id;               /* 1: add x-request-id when absent */
+} h1_conn_opts;
+
+typedef struct h1_engine h1_engine;
+typedef struct h1_conn h1_conn;
+
+/* h1_event.kind */
+#define H1_EV_CLOSED 1   /* the connection ended; its socket is closed */
+#define H1_EV_DETACH 2   /* the connection is handed back: see detach and fds */
+
+/* h1_event.detach */
+#define H1_DETACH_HTTP2   1  /* DETECT saw the HTTP/2 preface */
+#define H1_DETACH_TLS     2  /* DETECT saw a TLS ClientHello */
+#define H1_DETACH_OPAQUE  3  /* DETECT saw something else */
+#define H1_DETACH_TIMEOUT 4  /* DETECT saw nothing within detect_ms */
+#define H1_DETACH_TUNNEL  5  /* upgraded (101) or CONNECT'ed: fd and upstream_fd */
+
+typedef struct h1_event {
+    int kind;
+    int detach;                  /* H1_DETACH_* (H1_EV_DETACH) */
+    void *user;                  /* the connection's user pointer */
+    int fd;                      /* DETACH: the downstream socket, now the caller's */
+    int upstream_fd;             /* TUNNEL: the upstream socket, now the caller's; else -1 */
+    uint32_t cluster_block;      /* TUNNEL: the route's cluster block */
+    uint64_t requests;           /* requests this connection carried */
+    uint32_t flags;              /* H1_F_* seen on this connection (OR of its requests') */
+} h1_event;
+
+/* Stats since h1_engine_new (tests and metrics). */
+typedef struct h1_stats {
+    uint64_t runs, events, requests, local_responses;
+    uint64_t upstream_connects, pool_reuses, pool_evictions, ka_replays;
+    unsigned conns, upstream_open, upstream_idle, buffers_free, buffers_total;
+} h1_stats;
+
+/* NULL with errno on failure. *cfg is copied. */
+h1_engine *h1_engine_new(const h1_config *cfg);
+int h1_engine_fd(const h1_engine *e);
+
+/* Takes ownership of a connected non-blocking TCP socket (the client side).
+ * Returns the connection (valid until reported by h1_engine_run or closed
+ * by h1_engine_close_conn), or NULL with errno (the caller keeps fd). Bytes
+ * already waiting are served by the next run. */
+h1_conn *h1_engine_add(h1_engine *e, int fd, void *user, const h1_conn_opts *o);
+
+/* Collects ready events (epoll_wait timeout 0, batches of 256), serves the
+ * affected connections, and writes up to max events into out[] (oldest
+ * first; the rest stay queued). Returns their count or -errno. *more = 1
+ * when queued events or unfinished work remain that no epoll edge will
+ * announce: call again soon. */
+int h1_engine_run(h1_engine *e, h1_event *out, int max, int *more);
+
+/* Fires deadlines that passed (detect, connect, response timeout, client
+ * idle, pool idle) at now_ms (CLOCK_MONOTONIC milliseconds; 0 = read the
+ * clock). Events it causes are reported by the next h1_engine_run; returns
+ * 1 when there are such events. */
+int h1_engine_expire(h1_engine *e, uint64_t now_ms);
+
+/* Drain: connections between requests are closed now, the others after
+ * their current response (Connection: close is added to it). */
+void h1_engine_drain(h1_engine *e);
+
+/* Aborts one connection now (RST), with its upstream; reported by no run.
+ * Its route ref, if any, is handed to release(). Also withdraws the report
+ * of a connection that ended but was not handed out yet. */
+void h1_engine_close_conn(h1_engine *e, h1_conn *c);
+
+unsigned h1_engine_count(const h1_engine *e);   /* connections not yet reported */
+void h1_engine_get_stats(const h1_engine *e, h1_stats *st);
+
+/* Aborts every connection, closes pooled ones and the epoll fd. Connections
+ * still registered are not reported; user pointers are released through
+ * nothing: the caller forgets them. Route refs still held are handed to
+ * release() (as by h1_engine_close_conn). */
+void h1_engine_free(h1_engine *e);
+
+#endif /* FASTPROXY_H1PROXY_H */
