@@ -7,12 +7,18 @@ Switches (as uvloop's build_ext does):
   --debug-native     -O0 -g and assertions, for gdb/valgrind
 """
 import os
+import platform
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
 
 CFLAGS = ["-std=gnu99", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
           "-Wno-unused-function", "-fno-strict-aliasing"]
+# The HTTP/1 scanners have an SSE4.2 path chosen at build time (csrc/http1.h).
+# Every x86-64 server CPU since 2008 has it (x86-64-v2); FASTPROXY_PORTABLE=1
+# builds the scalar path for older ones.
+if platform.machine() in ("x86_64", "AMD64") and not os.environ.get("FASTPROXY_PORTABLE"):
+    CFLAGS.append("-msse4.2")
 
 NATIVE = {
     # module: the csrc files it wraps
@@ -21,6 +27,8 @@ NATIVE = {
     "http1": ["csrc/http1.c"],
     "rewrite": ["csrc/rewrite.c", "csrc/http1.c"],  # parses, then rewrites: links the parser
     "detect": ["csrc/detect.c"],  # protocol detection from the first bytes
+    # L7 path: the HTTP/1.1 proxy engine and everything it drives
+    "h1proxy": ["csrc/h1proxy.c", "csrc/http1.c", "csrc/rewrite.c", "csrc/detect.c", "csrc/sockops.c"],
 }
 
 

@@ -76,6 +76,9 @@ cdef class RewriteOps:
     cdef readonly object path
     cdef readonly object path_prefix_len
     cdef readonly object authority
+    # The address of the compiled rw_ops (valid while this object lives), for
+    # the C data path (fastproxy._native.h1proxy) to use without a cimport.
+    cdef readonly size_t address
 
     def __cinit__(self):
         memset(&self._ops, 0, sizeof(rw_ops))
@@ -155,6 +158,7 @@ cdef class RewriteOps:
         why = rw_ops_check(&self._ops)
         if why != NULL:
             raise ValueError((<bytes>why).decode("ascii"))
+        self.address = <size_t>&self._ops
 
     def __repr__(self):
         return (f"RewriteOps(set={self.set!r}, add={self.add!r}, remove={self.remove!r}, "

@@ -32,7 +32,10 @@ log = logging.getLogger("fastproxy.manager")
 
 # Settings a live reload cannot change: they size segments, processes or admin sockets.
 RESTART_ONLY = ("workers", "admin_address", "admin_port", "stats_port", "merged_metrics_port",
-                "health_port", "table_bytes", "counter_slots", "buffer_bytes")
+                "health_port", "table_bytes", "counter_slots", "buffer_bytes",
+                # the HTTP engine is built once per worker with these
+                "http_max_head_bytes", "http_max_headers", "http_max_request_line_bytes",
+                "upstream_pool_max_idle", "upstream_idle_timeout_ms", "http_idle_timeout_s")
 
 M_RESTARTS = Metric("fastproxy_worker_restarts_total", "counter", "Workers restarted after an unplanned exit.")
 M_WORKERS = Metric("fastproxy_workers", "gauge", "Worker processes alive.")

@@ -1,4 +1,4 @@
-"""A worker process: one uvloop loop, its own SO_REUSEPORT listeners, the L4 path.
+"""A worker process: one uvloop loop, its own SO_REUSEPORT listeners, the HTTP and L4 paths.
 
 Started by the manager as `python -m fastproxy.worker --id N --table NAME
 --counters NAME`. It reads the routing table from shared memory, binds the
@@ -24,6 +24,7 @@ import uvloop
 
 from .._native.shm import CounterSegment, TableReader
 from ..routing.table import RouteTable
+from .http import HttpPath
 from .listeners import ListenerSet
 from .tcp import L4Path
 
@@ -45,6 +46,7 @@ class Worker:
         self.generation = 0
         self.listeners = ListenerSet(loop, self._on_accept)
         self.l4: L4Path | None = None       # built once the first table gives the pipe size
+        self.http: HttpPath | None = None   # likewise (buffer and pool sizes)
         self.stopping = False
         self.done = loop.create_future()
         self.last_sweep = 0.0
@@ -76,6 +78,7 @@ class Worker:
         first = RouteTable.decode(gen, payload)
         # The pipe size is fixed for the worker's life: pooled pipes share it.
         self.l4 = L4Path(self.loop, self.view, self, first.settings["buffer_bytes"])
+        self.http = self.l4.http = HttpPath(self.loop, self.view, self, self.l4, first.settings)
         self._refresh(strict=True)
         self.loop.call_later(TICK_S, self._tick)
 
@@ -87,12 +90,13 @@ class Worker:
         except Exception:  # a bad table must not kill the worker; the manager validated it
             log.exception("worker %d: cannot apply table", self.id)
         self.view.heartbeat()
+        self.http.expire()
         now = self.loop.time()
         idle = self.table.settings["idle_timeout_s"]
         if idle and now - self.last_sweep >= min(1.0, idle / 4):
             self.last_sweep = now
             self.l4.sweep_idle(now, idle)
-        if self.stopping and not self.l4.relays:
+        if self.stopping and not self.l4.relays and not self.http.count:
             self.done.set_result(None)
             return
         self.loop.call_later(TICK_S, self._tick)
@@ -109,10 +113,12 @@ class Worker:
             return
         self.stopping = True
         self.stop_accepting()
+        self.http.drain()
         deadline = float(self.table.settings["drain_seconds"])
         self.loop.call_later(deadline, self._drain_deadline)
 
     def _drain_deadline(self) -> None:
+        self.http.close()
         self.l4.abort_all()
         if not self.done.done():
             self.done.set_result(None)
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         loop.add_signal_handler(signal.SIGINT, w.drain)
         loop.add_signal_handler(signal.SIGUSR1, w.stop_accepting)
         loop.run_until_complete(w.done)
+        w.http.close()
         w.l4.close()
         return 0
     finally:

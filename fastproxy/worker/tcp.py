@@ -1,4 +1,4 @@
-"""The worker's L4 path: accept -> original destination -> route -> connect -> splice relay.
+"""The worker's L4 path: accept -> original destination -> (HTTP path | route -> connect -> splice relay).
 
 Per connection, Python does: one generation check, one or two dict lookups,
 and hands the two sockets to the C relay. Bytes never pass through Python.
@@ -23,6 +23,7 @@ from ..stats.names import (
     G_SPLICED_BYTES,
     L_CX_DESTROY,
     L_CX_TOTAL,
+    L_DETECT_OPAQUE,
     L_REFUSED_LOOP,
     L_REFUSED_NO_ROUTE,
     L_RX_BYTES,
@@ -49,6 +50,7 @@ class L4Path:
         self.relays: set = set()            # for idle sweeps and drain; the engine drives them
         self.chunk = chunk
         self.engine = native.Engine(loop, chunk, PIPE_POOL, self)
+        self.http = None                    # the HTTP path (worker/http.py), set by the worker
 
     # -- accept ------------------------------------------------------------------
 
@@ -79,47 +81,68 @@ class L4Path:
     # -- per connection --------------------------------------------------------------
 
     def handle(self, table, listener: ListenerRoute, fd: int) -> None:
+        """A new client connection: to the HTTP path, or relayed as TCP."""
+        lb = listener.block
+        self.ctr.add(lb + L_CX_TOTAL, 1)
+        if listener.mode == MODE_TCP:
+            if listener.protocol == "http":
+                self.http.start(table, listener, fd, None, detect=False)
+            else:
+                self.relay(table, listener, fd, None)
+            return
+        try:
+            dst, redirected = native.original_dst(fd)
+        except OSError:
+            self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb)
+            return
+        if table.would_loop(dst, redirected, listener):
+            self._refuse(fd, lb + L_REFUSED_LOOP, lb)
+            return
+        if listener.transparent:
+            # TPROXY inbound stays L4: the HTTP engine cannot yet connect
+            # from the client's own address.
+            self.relay(table, listener, fd, dst)
+        elif dst[1] in table.opaque_ports:
+            self.ctr.add(lb + L_DETECT_OPAQUE, 1)   # counted as opaque without looking
+            self.relay(table, listener, fd, dst)
+        else:
+            # Protocol detection: HTTP/1 stays in the HTTP engine; anything
+            # else comes back through relay() with every byte still unread.
+            self.http.start(table, listener, fd, dst, detect=True)
+
+    def relay(self, table, listener: ListenerRoute, fd: int, dst) -> None:
+        """Relays the connection as TCP: dst is the original destination (None on explicit listeners)."""
         ctr = self.ctr
         lb = listener.block
-        ctr.add(lb + L_CX_TOTAL, 1)
         src_ip = None
         transparent = False
         mode = listener.mode
         if mode == MODE_TCP:
             cluster = listener.cluster
             dst = cluster.pick()
-        else:
-            try:
-                dst, redirected = native.original_dst(fd)
-            except OSError:
-                self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb)
+        elif mode == MODE_OUTBOUND:
+            cluster = table.outbound(dst)
+            if cluster is None:
+                self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb, table.blackhole)
                 return
-            if table.would_loop(dst, redirected, listener):
-                self._refuse(fd, lb + L_REFUSED_LOOP, lb)
-                return
-            if mode == MODE_OUTBOUND:
-                cluster = table.outbound(dst)
-                if cluster is None:
-                    self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb, table.blackhole)
+            if not cluster.passthrough:
+                dst = cluster.pick()
+        else:  # MODE_INBOUND: to the app at the original destination
+            cluster = table.inbound_passthrough
+            if listener.transparent:
+                # TPROXY: from the client's own address, as Istio does; the
+                # mark makes the init rules return the app's replies to us.
+                try:
+                    src_ip = native.peer_addr(fd)[0]
+                except OSError:
+                    self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb)
                     return
-                if not cluster.passthrough:
-                    dst = cluster.pick()
-            else:  # MODE_INBOUND: to the app at the original destination
-                cluster = table.inbound_passthrough
-                if listener.transparent:
-                    # TPROXY: from the client's own address, as Istio does; the
-                    # mark makes the init rules return the app's replies to us.
-                    try:
-                        src_ip = native.peer_addr(fd)[0]
-                    except OSError:
-                        self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb)
-                        return
-                    transparent = True
-                elif ":" in dst[0]:
-                    # From ::6 (put on lo by `fastproxy init --dual-stack`), so the init rules do not recapture it.
-                    src_ip = INBOUND_PASSTHROUGH_V6
-                else:
-                    src_ip = table.settings["inbound_passthrough_source"]   # 127.0.0.6, likewise
+                transparent = True
+            elif ":" in dst[0]:
+                # From ::6 (put on lo by `fastproxy init --dual-stack`), so the init rules do not recapture it.
+                src_ip = INBOUND_PASSTHROUGH_V6
+            else:
+                src_ip = table.settings["inbound_passthrough_source"]   # 127.0.0.6, likewise
         cb = cluster.block
         ctr.add(cb + C_CX_TOTAL, 1)
         try:
@@ -128,15 +151,28 @@ class L4Path:
             ctr.add(cb + C_CONNECT_FAIL, 1)
             self._unopened(fd, -1, lb, cb)
             return
+        self._start(fd, ufd, in_progress, lb, cb, cluster.connect_timeout)
+
+    def tunnel(self, listener: ListenerRoute, fd: int, ufd: int, cb: int) -> None:
+        """An HTTP connection upgraded (101) or CONNECTed: splice the rest.
+        The HTTP engine counted the upstream connection's opening."""
+        self._start(fd, ufd, False, listener.block, cb, 0.0)
+
+    def _start(self, fd: int, ufd: int, in_progress: bool, lb: int, cb: int, connect_timeout: float) -> None:
         r = native.Relay(fd, ufd, self.chunk)
         r.route = (lb, cb)
         r.set_counters(self.ctr_base, lb + L_RX_BYTES, lb + L_TX_BYTES, cb + C_RX_BYTES, cb + C_TX_BYTES)
         try:
-            self.engine.add(r, in_progress, cluster.connect_timeout)
+            self.engine.add(r, in_progress, connect_timeout)
         except OSError:
             self._unopened(fd, ufd, lb, cb)
             return
         self.relays.add(r)
+
+    def unopened(self, fd: int, lb: int) -> None:
+        """The HTTP engine could not take the connection: count it closed, reset the client."""
+        self.ctr.add(lb + L_CX_DESTROY, 1)
+        native.abort(fd)
 
     def _unopened(self, fd: int, ufd: int, lb: int, cb: int) -> None:
         """The relay never started: count both connections closed, reset the client."""

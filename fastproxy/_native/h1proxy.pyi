@@ -1,0 +1,53 @@
+"""Typed surface of fastproxy._native.h1proxy (see h1proxy.pyx and csrc/h1proxy.h)."""
+from typing import Any, Protocol
+
+DETACH_HTTP2: int
+DETACH_TLS: int
+DETACH_OPAQUE: int
+DETACH_TIMEOUT: int
+DETACH_TUNNEL: int
+FLAG_UF: int
+FLAG_UT: int
+FLAG_UC: int
+FLAG_NR: int
+
+class Decision: ...
+
+class Target(Decision):
+    def __init__(self, ip: str, port: int, src_ip: str | None, cluster_block: int, connect_timeout_ms: int,
+                 timeout_ms: int = 0, req_ops: Any = None, resp_ops: Any = None) -> None: ...
+
+class Reply(Decision):
+    def __init__(self, status: int, reason: bytes, headers: bytes = b"", body: bytes = b"",
+                 flags: int = 0) -> None: ...
+
+class Conn:
+    listener: Any
+    dst: tuple[str, int] | None
+    cache: Decision | None
+    def __init__(self, listener: Any, dst: tuple[str, int] | None) -> None: ...
+
+class Headers:
+    def get(self, name: bytes, default: Any = None) -> bytes | Any: ...
+
+class Owner(Protocol):
+    def decide(self, conn: Conn, method: bytes, target: bytes, authority: bytes,
+               headers: Headers) -> Decision: ...
+    def http_closed(self, conn: Conn, requests: int) -> None: ...
+    def http_detached(self, conn: Conn, kind: int, fd: int, upstream_fd: int, cluster_block: int) -> None: ...
+
+class HttpEngine:
+    errors: int
+    last_error: BaseException | None
+    def __init__(self, loop: Any, owner: Owner, counters: int, counters_len: int, *, max_head_bytes: int,
+                 max_headers: int, max_line_bytes: int, buffer_bytes: int, pool_max_idle: int,
+                 pool_idle_ms: int, client_idle_ms: int) -> None: ...
+    def add(self, fd: int, conn: Conn, *, detect: bool, detect_ms: int, listener_block: int, peer: bytes,
+            proto: bytes, default_host: bytes, request_id: bool) -> None: ...
+    def run(self) -> None: ...
+    def expire(self) -> None: ...
+    def drain(self) -> None: ...
+    @property
+    def count(self) -> int: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...

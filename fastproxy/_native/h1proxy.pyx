@@ -1,0 +1,310 @@
+# cython: language_level=3
+"""Thin wrappers over csrc/h1proxy.c: the worker's HTTP/1.1 path.
+
+The C engine owns every HTTP connection of the worker: it reads, parses,
+rewrites, pools upstream connections and streams bodies. Python is asked one
+question per request, through the owner's ``decide(conn, method, target,
+authority, headers)``, and answers with a ``Decision``: a ``Target`` (proxy to
+this endpoint with these header operations) or a ``Reply`` (answer locally).
+Decisions are immutable and meant to be cached by the owner (per route and
+endpoint), so that a request costs a route match and no allocation.
+
+The owner is also told when a connection ends (``http_closed(conn, requests)``)
+and when one is handed back (``http_detached(conn, kind, fd, upstream_fd,
+cluster_block)``: not HTTP after all, or upgraded to a tunnel).
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from libc.errno cimport errno
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.string cimport memcpy, memset
+
+from fastproxy._native.h1proxy cimport *
+from fastproxy._native.http1 cimport (
+    http1_framing, http1_header, http1_limits_init, http1_parser, http1_span_ieq)
+from fastproxy._native.relay cimport fp_addr
+from fastproxy._native.rewrite cimport rw_ops, rw_str
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char *src, void *dst)
+
+cdef extern from "<sys/socket.h>" nogil:
+    enum:
+        AF_INET
+        AF_INET6
+
+DEF EVENT_BATCH = 64
+
+# H1_EV_DETACH kinds, as the owner sees them.
+DETACH_HTTP2 = H1_DETACH_HTTP2
+DETACH_TLS = H1_DETACH_TLS
+DETACH_OPAQUE = H1_DETACH_OPAQUE
+DETACH_TIMEOUT = H1_DETACH_TIMEOUT
+DETACH_TUNNEL = H1_DETACH_TUNNEL
+
+FLAG_UF = H1_F_UF
+FLAG_UT = H1_F_UT
+FLAG_UC = H1_F_UC
+FLAG_NR = H1_F_NR
+
+
+cdef int _addr(object ip, int port, fp_addr *out) except -1:
+    memset(out, 0, sizeof(fp_addr))
+    cdef bytes b = (<str>ip).encode()
+    out.family = AF_INET6 if ":" in ip else AF_INET
+    if inet_pton(out.family, b, out.ip) != 1:
+        raise ValueError(f"not an IP address: {ip!r}")
+    if port < 0 or port > 65535:
+        raise ValueError(f"not a port: {port}")
+    out.port = port
+    return 0
+
+
+cdef inline void _set_str(rw_str *s, bytes b):
+    s.ptr = PyBytes_AS_STRING(b)
+    s.len = <uint32_t>PyBytes_GET_SIZE(b)
+
+
+cdef class Decision:
+    """What the engine does with one request (see Target and Reply)."""
+    cdef h1_route r
+    cdef tuple keep          # objects the C pointers in r refer to
+
+
+cdef class Target(Decision):
+    """Proxy to the endpoint (ip, port), optionally from source address
+    src_ip, counting on cluster_block; req_ops / resp_ops are RewriteOps
+    (or None)."""
+
+    def __init__(self, str ip, int port, src_ip, uint32_t cluster_block, uint32_t connect_timeout_ms,
+                 uint32_t timeout_ms=0, req_ops=None, resp_ops=None):
+        memset(&self.r, 0, sizeof(h1_route))
+        self.r.action = H1_ACT_PROXY
+        _addr(ip, port, &self.r.upstream)
+        if src_ip is not None and (":" in src_ip) == (":" in ip):
+            _addr(src_ip, 0, &self.r.source)
+        self.r.cluster_block = cluster_block
+        self.r.connect_timeout_ms = connect_timeout_ms
+        self.r.timeout_ms = timeout_ms
+        if req_ops is not None:
+            self.r.req_ops = <const rw_ops *><uintptr_t>req_ops.address
+        if resp_ops is not None:
+            self.r.resp_ops = <const rw_ops *><uintptr_t>resp_ops.address
+        self.keep = (req_ops, resp_ops)
+
+
+cdef class Reply(Decision):
+    """Answer locally: status, reason, extra field lines (complete lines,
+    CRLF-terminated, may be empty) and body; flags are H1_F_* (e.g. NR)."""
+
+    def __init__(self, int status, bytes reason, bytes headers=b"", bytes body=b"", uint32_t flags=0):
+        memset(&self.r, 0, sizeof(h1_route))
+        self.r.action = H1_ACT_RESPOND
+        self.r.status = status
+        self.r.flags = flags
+        _set_str(&self.r.reason, reason)
+        _set_str(&self.r.headers, headers)
+        _set_str(&self.r.body, body)
+        self.keep = (reason, headers, body)
+
+
+cdef class Conn:
+    """The owner's per-connection object; the engine holds a reference from
+    add() until the connection is reported (closed or detached)."""
+    cdef h1_conn *c
+    cdef bytes _peer, _proto, _host     # what the C options point to
+    cdef public object listener
+    cdef public object dst
+    cdef public object cache            # the owner's per-connection decision cache
+
+    def __init__(self, listener, dst):
+        self.listener = listener
+        self.dst = dst
+        self.cache = None
+
+
+cdef bytes _span(const char *buf, uint32_t off, uint32_t n):
+    return PyBytes_FromStringAndSize(buf + off, n)
+
+
+cdef class Headers:
+    """The request's header fields, for route matches, valid only during
+    decide(): get(name) with a lower-case name scans the parsed fields
+    (repeated fields joined with ",", as Envoy does). One per engine, reused:
+    a request whose routes match no header costs nothing here."""
+    cdef const char *buf
+    cdef const http1_parser *p
+
+    def get(self, bytes name, default=None):
+        cdef uint32_t i
+        cdef object found = None
+        if self.p == NULL:
+            raise RuntimeError("headers used outside decide()")
+        for i in range(self.p.num_headers):
+            if http1_span_ieq(self.buf, self.p.headers[i].name, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)):
+                v = _span(self.buf, self.p.headers[i].value.off, self.p.headers[i].value.len)
+                found = v if found is None else found + b"," + v
+        return default if found is None else found
+
+
+cdef int _route_cb(void *cb_data, void *conn_user, const char *buf, const http1_parser *p,
+                   const http1_framing *f, h1_route *out) noexcept with gil:
+    cdef HttpEngine eng = <HttpEngine>cb_data
+    cdef Conn conn = <Conn>conn_user
+    cdef Decision d
+    cdef bytes authority
+    try:
+        if f.host_index >= 0:
+            authority = _span(buf, p.headers[f.host_index].value.off, p.headers[f.host_index].value.len)
+        else:
+            authority = b""
+        eng.headers.buf = buf
+        eng.headers.p = p
+        try:
+            d = eng.owner.decide(conn, _span(buf, p.method.off, p.method.len),
+                                 _span(buf, p.target.off, p.target.len), authority, eng.headers)
+        finally:
+            eng.headers.p = NULL
+        memcpy(out, &d.r, sizeof(h1_route))
+        Py_INCREF(d)
+        out.ref = <void *>d
+        return 0
+    except BaseException as e:
+        eng.errors += 1
+        eng.last_error = e
+        return -1
+
+
+cdef void _release_cb(void *cb_data, void *ref) noexcept with gil:
+    Py_DECREF(<object>ref)
+
+
+cdef class HttpEngine:
+    """The worker's HTTP connections, driven from C. The loop watches one fd: ours."""
+    cdef h1_engine *e
+    cdef object loop
+    cdef readonly object owner
+    cdef bint soon
+    cdef int efd
+    cdef Headers headers                # handed to decide(), valid during the call
+    cdef public uint64_t errors         # decide() raised (the request got a 500)
+    cdef public object last_error
+
+    def __cinit__(self, loop, owner, uintptr_t counters, uint32_t counters_len, *,
+                  uint32_t max_head_bytes, uint32_t max_headers, uint32_t max_line_bytes,
+                  uint32_t buffer_bytes, uint32_t pool_max_idle, uint32_t pool_idle_ms,
+                  uint32_t client_idle_ms):
+        cdef h1_config cfg
+        memset(&cfg, 0, sizeof(cfg))
+        http1_limits_init(&cfg.limits)
+        cfg.limits.max_head_bytes = max_head_bytes
+        cfg.limits.max_headers = max_headers
+        cfg.limits.max_line_bytes = max_line_bytes
+        cfg.buffer_bytes = buffer_bytes
+        cfg.pool_max_idle = pool_max_idle
+        cfg.pool_idle_ms = pool_idle_ms
+        cfg.client_idle_ms = client_idle_ms
+        cfg.counters = <uint64_t *>counters
+        cfg.counters_len = counters_len
+        cfg.route = _route_cb
+        cfg.release = _release_cb
+        cfg.cb_data = <void *>self
+        self.e = h1_engine_new(&cfg)
+        if self.e == NULL:
+            raise OSError(errno, "cannot create the HTTP engine")
+        self.loop = loop
+        self.owner = owner
+        self.soon = False
+        self.headers = Headers()
+        self.errors = 0
+        self.last_error = None
+        self.efd = h1_engine_fd(self.e)
+        loop.add_reader(self.efd, self.run)
+
+    def __dealloc__(self):
+        if self.e != NULL:
+            h1_engine_free(self.e)
+            self.e = NULL
+
+    def add(self, int fd, Conn conn, *, bint detect, uint32_t detect_ms, uint32_t listener_block,
+            bytes peer, bytes proto, bytes default_host, bint request_id):
+        """Hands the connected client socket fd to the engine (raises OSError
+        on failure: the caller still owns fd)."""
+        cdef h1_conn_opts o
+        memset(&o, 0, sizeof(o))
+        o.detect = detect
+        o.detect_ms = detect_ms
+        o.listener_block = listener_block
+        conn._peer, conn._proto, conn._host = peer, proto, default_host
+        _set_str(&o.peer, peer)
+        _set_str(&o.proto, proto)
+        _set_str(&o.default_host, default_host)
+        o.request_id = request_id
+        conn.c = h1_engine_add(self.e, fd, <void *>conn, &o)
+        if conn.c == NULL:
+            raise OSError(errno, "cannot register the connection")
+        Py_INCREF(conn)         # until the engine reports it
+        self._schedule()        # bytes may already wait
+
+    cdef _schedule(self):
+        if not self.soon:
+            self.soon = True
+            self.loop.call_soon(self.run)
+
+    def run(self):
+        """Serves every ready connection; reports the ones that ended."""
+        cdef h1_event out[EVENT_BATCH]
+        cdef int more = 0
+        cdef int n, i
+        cdef Conn conn
+        if self.e == NULL:
+            return
+        self.soon = False
+        while True:
+            n = h1_engine_run(self.e, out, EVENT_BATCH, &more)
+            if n < 0:
+                raise OSError(-n, "HTTP engine failed")
+            for i in range(n):
+                conn = <Conn>out[i].user
+                conn.c = NULL
+                try:
+                    if out[i].kind == H1_EV_CLOSED:
+                        self.owner.http_closed(conn, out[i].requests)
+                    else:
+                        self.owner.http_detached(conn, out[i].detach, out[i].fd, out[i].upstream_fd,
+                                                 out[i].cluster_block)
+                finally:
+                    Py_DECREF(conn)
+            if n < EVENT_BATCH:
+                break
+        if more:
+            self._schedule()
+
+    def expire(self):
+        """Fires the deadlines that passed (called from the worker's tick)."""
+        if self.e != NULL and h1_engine_expire(self.e, 0):
+            self._schedule()
+
+    def drain(self):
+        if self.e != NULL:
+            h1_engine_drain(self.e)
+            self._schedule()
+
+    @property
+    def count(self):
+        return h1_engine_count(self.e) if self.e != NULL else 0
+
+    def stats(self):
+        cdef h1_stats st
+        if self.e == NULL:
+            return {}
+        h1_engine_get_stats(self.e, &st)
+        return st
+
+    def close(self):
+        """Aborts every connection and frees the engine (connections are not reported)."""
+        if self.e == NULL:
+            return
+        self.loop.remove_reader(self.efd)
+        h1_engine_free(self.e)
+        self.e = NULL

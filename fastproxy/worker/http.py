@@ -1,0 +1,185 @@
+"""The worker's HTTP/1.1 path: the C engine does the bytes, this module answers "where to?".
+
+Per request the engine asks decide() (through fastproxy._native.h1proxy) and
+gets a Decision. Decisions are immutable and cached: per route and endpoint,
+per cluster and endpoint, or per connection for passthrough, so a request
+costs one route match, one endpoint pick and a dict lookup. The caches are
+dropped when the table's generation changes (the old decisions stay alive
+while requests still use them: the engine holds a reference).
+"""
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from .._native import h1proxy as native
+from .._native.relay import peer_addr
+from .._native.rewrite import RewriteOps
+from ..interception.flags import INBOUND_PASSTHROUGH_V6
+from ..routing.table import MODE_INBOUND, MODE_TCP, ClusterRoute, ListenerRoute, RouteTable
+from ..stats.names import L_CX_DESTROY
+
+_HASH = 2654435761   # Knuth's multiplicative hash: consecutive requests spread over the 100 weight slots
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+class HttpPath:
+    """Owns the HTTP engine of this worker and decides each request's route."""
+
+    def __init__(self, loop, counters, worker, l4, settings: dict):
+        self.worker = worker              # .current() -> RouteTable
+        self.l4 = l4                      # TCP path: detached connections go there
+        self.ctr = counters
+        self.engine = native.HttpEngine(
+            loop, self, counters.address, counters.nslots,
+            max_head_bytes=settings["http_max_head_bytes"], max_headers=settings["http_max_headers"],
+            max_line_bytes=settings["http_max_request_line_bytes"], buffer_bytes=settings["buffer_bytes"],
+            pool_max_idle=settings["upstream_pool_max_idle"],
+            pool_idle_ms=settings["upstream_idle_timeout_ms"],
+            client_idle_ms=settings["http_idle_timeout_s"] * 1000)
+        self.generation = 0
+        self.targets: dict = {}           # (cluster, ip, port) -> Target, this generation
+        self.seq = 0                      # weighted picks: request number, hashed
+        self.no_route = native.Reply(404, b"Not Found", b"", b"no route matched this request\n", native.FLAG_NR)
+
+    # -- connections ------------------------------------------------------------------
+
+    def start(self, table: RouteTable, listener: ListenerRoute, fd: int, dst, detect: bool) -> None:
+        """Hands an accepted client socket to the engine."""
+        try:
+            peer = peer_addr(fd)[0].encode()
+        except OSError:
+            peer = b""
+        host = b"" if dst is None else (f"[{dst[0]}]:{dst[1]}" if ":" in dst[0] else f"{dst[0]}:{dst[1]}").encode()
+        s = table.settings
+        try:
+            self.engine.add(fd, native.Conn(listener, dst), detect=detect, detect_ms=s["detect_timeout_ms"],
+                            listener_block=listener.block, peer=peer, proto=b"http", default_host=host,
+                            request_id=bool(s["generate_request_id"]))
+        except OSError:
+            self.l4.unopened(fd, listener.block)
+
+    def http_closed(self, conn, requests: int) -> None:
+        self.ctr.add(conn.listener.block + L_CX_DESTROY, 1)
+
+    def http_detached(self, conn, kind: int, fd: int, upstream_fd: int, cluster_block: int) -> None:
+        if kind == native.DETACH_TUNNEL:
+            self.l4.tunnel(conn.listener, fd, upstream_fd, cluster_block)
+        else:   # not HTTP/1: relay it as TCP, every byte still in the socket
+            table = self.worker.current()
+            self.l4.relay(table, self._listener(table, conn), fd, conn.dst)
+
+    # -- per request ----------------------------------------------------------------------
+
+    def decide(self, conn, method: bytes, target: bytes, authority: bytes, headers):
+        table = self.worker.current()
+        if table.generation != self.generation:
+            self._new_table(table)
+        listener = conn.listener
+        if listener.generation != table.generation:
+            listener = self._listener(table, conn)
+        if listener.mode == MODE_INBOUND:
+            return conn.cache or self._inbound(table, conn)
+        http = table.http
+        route = http.select(authority, method, target, headers) if http is not None else None
+        if route is None:
+            if listener.mode == MODE_TCP:
+                cluster = listener.http_cluster
+                return self.no_route if cluster is None else self._target(table, cluster, None)
+            return conn.cache or self._outbound(table, conn)
+        kind = route.kind
+        native_route = route.native
+        if native_route is None:
+            native_route = route.native = _compile_route(route)
+        if kind == "route":
+            self.seq += 1
+            cluster = route.clusters[(self.seq * _HASH) % 100]
+            return self._target(table, cluster, native_route)
+        if kind == "redirect":
+            loc = route.redirect.location(b"http", authority, target)
+            return native.Reply(route.redirect.code, _reason(route.redirect.code), b"location: " + loc + b"\r\n")
+        return native_route   # a direct response: one Reply for every request
+
+    def _listener(self, table: RouteTable, conn) -> ListenerRoute:
+        listener = table.by_name.get(conn.listener.name, conn.listener)
+        conn.listener = listener
+        conn.cache = None
+        return listener
+
+    def _new_table(self, table: RouteTable) -> None:
+        self.generation = table.generation
+        self.targets = {}
+
+    def _target(self, table: RouteTable, cluster: ClusterRoute, native_route):
+        """The Target for the next endpoint of cluster, with the route's header ops."""
+        if cluster.passthrough or not cluster.ring:
+            return self.no_route
+        ip, port = cluster.pick()
+        key = (cluster, ip, port, native_route)
+        t = self.targets.get(key)
+        if t is None:
+            req = resp = None
+            if native_route is not None:
+                req, resp = native_route
+            t = self.targets[key] = native.Target(
+                ip, port, None, cluster.block, int(cluster.connect_timeout * 1000),
+                table.settings["http_request_timeout_ms"], req, resp)
+        return t
+
+    def _outbound(self, table: RouteTable, conn):
+        """No route matched on a capture listener: as the TCP path would route it."""
+        cluster = table.outbound(conn.dst)
+        if cluster is None:
+            return self.no_route                # REGISTRY_ONLY (flag NR)
+        if not cluster.passthrough:
+            return self._target(table, cluster, None)
+        ip, port = conn.dst
+        d = conn.cache = native.Target(ip, port, None, cluster.block, int(cluster.connect_timeout * 1000),
+                                       table.settings["http_request_timeout_ms"])
+        return d
+
+    def _inbound(self, table: RouteTable, conn):
+        """To the app at the original destination, from the passthrough source (not recaptured)."""
+        ip, port = conn.dst
+        src = INBOUND_PASSTHROUGH_V6 if ":" in ip else table.settings["inbound_passthrough_source"]
+        cluster = table.inbound_passthrough
+        d = conn.cache = native.Target(ip, port, src, cluster.block, int(cluster.connect_timeout * 1000),
+                                       table.settings["http_request_timeout_ms"])
+        return d
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def expire(self) -> None:
+        self.engine.expire()
+
+    @property
+    def count(self) -> int:
+        return self.engine.count
+
+    def drain(self) -> None:
+        self.engine.drain()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _compile_route(route):
+    """A route's C form: (request RewriteOps, response RewriteOps) for kind
+    route, a Reply for a direct response, None for a redirect."""
+    if route.kind == "route":
+        rq, rs = route.request_headers, route.response_headers
+        req = None
+        if not rq.empty or route.rewrite_uri is not None or route.rewrite_authority is not None:
+            req = RewriteOps(rq.set, rq.add, rq.remove, path=route.rewrite_uri,
+                             path_prefix_len=route.rewrite_prefix_len, authority=route.rewrite_authority)
+        resp = None if rs.empty else RewriteOps(rs.set, rs.add, rs.remove)
+        return (req, resp)
+    if route.kind == "direct_response":
+        return native.Reply(route.direct_status, _reason(route.direct_status), b"content-type: text/plain\r\n",
+                            route.direct_body)
+    return None
