@@ -104,6 +104,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("generate_request_id", bool, True, "HTTP: add an x-request-id header (a random UUIDv4) to requests that carry none (true/false, 1/0)."),
     Setting("upstream_pool_max_idle", int, 64, "HTTP: idle keep-alive upstream connections kept per endpoint in each worker (0: none; every request opens a new one).", minimum=0),
     Setting("upstream_idle_timeout_ms", int, 60000, "HTTP: an idle pooled upstream connection unused for this long is closed.", minimum=1),
+    # -- observability --
+    Setting("workload_name", str, "unknown", "This proxy's workload (Istio's source_workload / destination_workload label); the injector sets it from the pod's owner."),
+    Setting("workload_namespace", str, "default", "This proxy's namespace (the *_workload_namespace labels)."),
+    Setting("service_name", str, "unknown", "The service this workload serves: destination_service of inbound requests."),
+    Setting("max_series_per_worker", int, 2048, "Cardinality cap: Istio request/TCP series (label combinations) each worker keeps; past it requests are counted in fastproxy_metric_series_overflow_total instead.", minimum=16, maximum=1048576),
+    Setting("access_log", str, "", "Access log destination: a file path, /dev/stdout, or empty for none (as Istio's meshConfig.accessLogFile)."),
+    Setting("access_log_format", str, "text", "Access log format: text (Envoy's default format line) or json (one object per line).", choices=("text", "json")),
+    Setting("access_log_fields", str, "", "JSON access log: comma-separated field names to write (empty: all). See `fastproxy config env` docs in README for the names."),
+    Setting("access_log_filter", str, "all", "Which requests are logged: all, or errors (status >= 400, or any response flag).", choices=("all", "errors")),
+    Setting("access_log_sampling", float, 100.0, "Percentage of requests logged (after the filter).", minimum=0, maximum=100),
+    Setting("access_log_buffer_bytes", int, 1048576, "Lines waiting for a slow sink are kept up to this many bytes per worker; past it they are dropped and counted.", minimum=4096),
+    Setting("tracing", bool, False, "Record a span per proxied request (client side on outbound, server side on inbound) and export sampled ones. Trace headers (W3C traceparent, B3) are propagated either way."),
+    Setting("trace_sampling", float, 1.0, "Percentage of new traces (requests without an incoming sampling decision) that are sampled, as Istio's default 1%.", minimum=0, maximum=100),
+    Setting("trace_collector", str, "", "Span collector as host:port (e.g. a Zipkin or OpenTelemetry collector); empty: spans are not exported."),
+    Setting("trace_format", str, "zipkin", "Span export format: zipkin (v2 JSON, POST /api/v2/spans) or otlp (OTLP/HTTP JSON, POST /v1/traces).", choices=("zipkin", "otlp")),
     Setting("app_pid_file", str, "", "For Jobs/CronJobs: a file holding the app's PID (e.g. written by `sh -c 'echo $$ > /run/app/pid; exec APP'` on a shared volume). Once that process has been seen running and is gone, the proxy shuts down as on /quitquitquit (readiness off, drain, exit 0). Checked every second. The proxy must see the app's processes: in Kubernetes set shareProcessNamespace: true. Empty: off."),
 )
 

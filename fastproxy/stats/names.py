@@ -59,6 +59,11 @@ G_SPLICED_BYTES = 0
 G_COPIED_BYTES = 1
 G_ACCEPT_ERRORS = 2
 G_IDLE_TIMEOUTS = 3
+G_SERIES_OVERFLOW = 4     # requests/connections past max_series_per_worker (see csrc/h1proxy.h)
+G_RECORDS_DROPPED = 5     # request records the engine's ring had no room for
+G_ACCESS_LOG_DROPPED = 6  # access log lines dropped by a slow sink
+G_SPANS_DROPPED = 7       # spans dropped by a slow or absent collector
+G_LOOP_LAG_US = 8         # gauge: the worker's last measured event-loop lag
 FIRST_BLOCK = 1  # blocks handed to listeners/clusters start here
 
 
