@@ -46,6 +46,8 @@
 
 #include "detect.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +130,26 @@ typedef struct h1_buf {
 
 typedef struct h1_pool h1_pool;
 
+/* Trace context of one request (tracing on): what came in, per family, and
+ * the ids of our span. Hex texts are kept as received (lower-cased when
+ * checked) so each family is forwarded with its own trace id text. */
+#define TR_W3C 0x1   /* a valid traceparent came in */
+#define TR_B3M 0x2   /* valid B3 multi headers came in */
+#define TR_B3S 0x4   /* a valid b3 single header came in */
+#define TR_NEW 0x8   /* none: a trace starts here */
+
+typedef struct h1_trace {
+    uint8_t fam;                  /* TR_* */
+    uint8_t sampled, has_parent;
+    uint8_t b3m_sampled_given;    /* x-b3-sampled or x-b3-flags came in */
+    char b3s_sampled;             /* b3 single's sampling char, 0 if none */
+    uint8_t b3m_tid_len, b3s_tid_len;
+    uint8_t trace[16], span[8], parent[8];
+    char tp_trace[32], tp_flags[2];
+    char b3m_tid[32], b3m_span[16];
+    char b3s_tid[32], b3s_span[16];
+} h1_trace;
+
 typedef struct h1_up {
     int fd;
     sockst s;
@@ -174,7 +196,7 @@ struct h1_conn {
     int peeked;
     rw_str peer, proto, default_host;
     char *strs_heap;
-    char strs[96];
+    char strs[160];
     h1_timer t;
     h1_conn *wnext;                 /* this run's work list */
     h1_conn *pnext, *pprev;         /* pending list */
@@ -182,6 +204,16 @@ struct h1_conn {
     h1_conn *znext;                 /* zombie / free list */
     uint64_t requests;
     uint32_t flags;
+    /* observability of the current request (h1_config series/records/tracing) */
+    uint8_t rq_live;                /* a request is measured: ends in obs_end */
+    int status_sent;                /* final status queued to the client, 0: none */
+    uint32_t rflags;                /* H1_F_* of this request */
+    uint64_t rq_bytes, rs_bytes;    /* body bytes */
+    uint64_t t0_us, t_sent_us, upstream_us;
+    h1_record *rec;                 /* NULL: not recorded */
+    h1_trace *tr;                   /* NULL: tracing off (else tr_store) */
+    rw_str peer_addr, odst;         /* records: "ip:port" */
+    h1_trace tr_store;
 };
 
 typedef struct qev {
@@ -213,6 +245,16 @@ struct h1_engine {
     unsigned evq_head, evq_len, evq_cap;
     unsigned count;
     h1_stats st;
+    /* observability */
+    uint8_t obs;                    /* series, records or tracing: requests are measured */
+    uint64_t *series;               /* counters + series_base; NULL: no series */
+    uint32_t nseries, series_max;
+    uint64_t *skeys;                /* open addressing, skeys[i] = 0: empty */
+    uint32_t *sidx, smask;
+    h1_record *recs, *rfree, *rq_head, *rq_tail;
+    uint32_t rfresh;                /* recs[rfresh..cap) never used (untouched pages) */
+    uint64_t sample_thr;            /* a draw below it samples a new trace */
+    uint8_t sample_all;
 };
 
 /* ---- utilities -------------------------------------------------------------- */
@@ -276,6 +318,611 @@ static void rng_seed(uint64_t s[4])
         z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
         s[i] = z ^ (z >> 31);
     }
+}
+
+/* ---- observability: series, records, trace context ---------------------------- */
+
+static uint64_t clock_us(clockid_t id)
+{
+    struct timespec ts;
+
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Upper bounds of the duration buckets in microseconds (the last is +Inf),
+ * and of the body-size buckets in bytes. */
+static const uint64_t DURATION_BOUNDS_US[H1_DURATION_BUCKETS - 1] = {
+    500, 1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+    10000000, 30000000, 60000000, 300000000, 600000000, 1800000000, 3600000000ull
+};
+static const uint64_t BYTES_BOUNDS[H1_BYTES_BUCKETS - 1] = {
+    1, 10, 100, 1000, 10000, 100000, 1000000, 10000000
+};
+
+static inline unsigned bucket(const uint64_t *bounds, unsigned n, uint64_t v)
+{
+    unsigned i = 0;
+
+    while (i < n && v > bounds[i])
+        i++;
+    return i;
+}
+
+static inline uint32_t series_hash(const h1_engine *e, uint64_t key)
+{
+    return (uint32_t)((key * 0x9e3779b97f4a7c15ull) >> 32) & e->smask;
+}
+
+/* The index of key's series, allocated when new; -1 past the cap. */
+static int64_t series_get(h1_engine *e, uint64_t key)
+{
+    uint32_t h = series_hash(e, key), i, k;
+    uint64_t *s;
+
+    for (;;) {
+        uint64_t q = e->skeys[h];
+
+        if (q == key)
+            return e->sidx[h];
+        if (!q)
+            break;
+        h = (h + 1) & e->smask;
+    }
+    if (e->nseries >= e->series_max) {
+        cnt(e, 0, H1_G_SERIES_OVERFLOW, 1);
+        return -1;
+    }
+    i = e->nseries++;
+    s = e->series + (size_t)i * H1_SERIES_SLOTS;
+    for (k = 1; k < H1_SERIES_SLOTS; k++)
+        s[k] = 0;
+    __atomic_store_n(&s[H1_S_KEY], key, __ATOMIC_RELEASE);
+    e->skeys[h] = key;
+    e->sidx[h] = i;
+    return i;
+}
+
+static void series_record(h1_engine *e, uint64_t key, uint64_t dur_us, uint64_t rqb, uint64_t rsb)
+{
+    int64_t i = series_get(e, key);
+    uint64_t *s;
+
+    if (i < 0)
+        return;
+    s = e->series + (size_t)i * H1_SERIES_SLOTS;
+    s[H1_S_REQUESTS]++;
+    s[H1_S_DURATION + bucket(DURATION_BOUNDS_US, H1_DURATION_BUCKETS - 1, dur_us)]++;
+    s[H1_S_DURATION_SUM] += dur_us;
+    s[H1_S_REQUEST_BYTES + bucket(BYTES_BOUNDS, H1_BYTES_BUCKETS - 1, rqb)]++;
+    s[H1_S_REQUEST_SUM] += rqb;
+    s[H1_S_RESPONSE_BYTES + bucket(BYTES_BOUNDS, H1_BYTES_BUCKETS - 1, rsb)]++;
+    s[H1_S_RESPONSE_SUM] += rsb;
+}
+
+/* Sets up the series area (clamped to the region) and adopts the series
+ * already in it. 0, or -1 (out of memory). */
+static int series_init(h1_engine *e)
+{
+    uint32_t n = e->cfg.series_max, size = 2, i;
+
+    if (!n || e->cfg.series_base >= e->cfg.counters_len)
+        return 0;
+    if (n > (e->cfg.counters_len - e->cfg.series_base) / H1_SERIES_SLOTS)
+        n = (e->cfg.counters_len - e->cfg.series_base) / H1_SERIES_SLOTS;
+    if (!n || n > (1u << 24))
+        return n ? (errno = EINVAL, -1) : 0;
+    while (size < 2 * n)
+        size <<= 1;
+    e->skeys = calloc(size, sizeof(*e->skeys));
+    e->sidx = calloc(size, sizeof(*e->sidx));
+    if (!e->skeys || !e->sidx)
+        return -1;
+    e->smask = size - 1;
+    e->series_max = n;
+    e->series = e->cfg.counters + e->cfg.series_base;
+    for (i = 0; i < n; i++) {
+        uint64_t key = __atomic_load_n(&e->series[(size_t)i * H1_SERIES_SLOTS], __ATOMIC_ACQUIRE);
+        uint32_t h;
+
+        if (!key)
+            break;
+        for (h = series_hash(e, key); e->skeys[h] && e->skeys[h] != key; h = (h + 1) & e->smask)
+            ;
+        if (!e->skeys[h]) {
+            e->skeys[h] = key;
+            e->sidx[h] = i;
+        }
+    }
+    e->nseries = i;
+    return 0;
+}
+
+int64_t h1_engine_series_slot(h1_engine *e, uint64_t key)
+{
+    int64_t i;
+
+    if (!e->series || !key)
+        return -1;
+    i = series_get(e, key);
+    return i < 0 ? -1 : (int64_t)e->cfg.series_base + i * H1_SERIES_SLOTS;
+}
+
+/* A free record, or NULL (counted as dropped). */
+static h1_record *rec_take(h1_engine *e)
+{
+    h1_record *r = e->rfree;
+
+    if (r)
+        e->rfree = r->next;
+    else if (e->rfresh < e->cfg.records_cap)
+        r = &e->recs[e->rfresh++];
+    else
+        cnt(e, 0, H1_G_RECORDS_DROPPED, 1);
+    return r;
+}
+
+unsigned h1_engine_records(h1_engine *e, h1_record **out, unsigned max)
+{
+    unsigned n = 0;
+
+    while (n < max && e->rq_head) {
+        out[n++] = e->rq_head;
+        e->rq_head = e->rq_head->next;
+    }
+    if (!e->rq_head)
+        e->rq_tail = NULL;
+    return n;
+}
+
+void h1_engine_records_release(h1_engine *e, h1_record **recs, unsigned n)
+{
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        recs[i]->next = e->rfree;
+        e->rfree = recs[i];
+    }
+}
+
+/* Copies buf[sp] into dst (cut to cap); returns the length copied. */
+static uint16_t rec_copy(char *dst, size_t cap, const char *buf, http1_span sp)
+{
+    size_t n = sp.len < cap ? sp.len : cap;
+
+    memcpy(dst, buf + sp.off, n);
+    return (uint16_t)n;
+}
+
+/* "ip:port" or "[ip]:port" into out (cap >= H1_REC_ADDR); its length. */
+static uint16_t fmt_addr(const fp_addr *a, char *out)
+{
+    char ip[INET6_ADDRSTRLEN];
+    size_t n, k = 0;
+    char port[8];
+    int pk = (int)sizeof(port);
+    unsigned v = a->port;
+
+    if ((a->family != AF_INET && a->family != AF_INET6) || !inet_ntop(a->family, a->ip, ip, sizeof(ip)))
+        return 0;
+    n = strlen(ip);
+    if (a->family == AF_INET6)
+        out[k++] = '[';
+    memcpy(out + k, ip, n);
+    k += n;
+    if (a->family == AF_INET6)
+        out[k++] = ']';
+    out[k++] = ':';
+    do {
+        port[--pk] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(out + k, port + pk, sizeof(port) - (size_t)pk);
+    return (uint16_t)(k + sizeof(port) - (size_t)pk);
+}
+
+static int sa_to_addr(const struct sockaddr_storage *ss, fp_addr *a)
+{
+    memset(a, 0, sizeof(*a));
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+
+        a->family = AF_INET;
+        a->port = ntohs(s4->sin_port);
+        memcpy(a->ip, &s4->sin_addr, 4);
+        return 0;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+
+        a->family = AF_INET6;
+        a->port = ntohs(s6->sin6_port);
+        memcpy(a->ip, &s6->sin6_addr, 16);
+        return 0;
+    }
+    return -1;
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+static void hex_out(char *out, const uint8_t *b, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        out[2 * i] = HEX[b[i] >> 4];
+        out[2 * i + 1] = HEX[b[i] & 15];
+    }
+}
+
+static inline int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Decodes n hex chars of s into bytes at out (right-aligned in out[0..outn),
+ * zero-padded on the left), keeping a lower-cased copy in txt when not NULL.
+ * 1 when every char is hex and the value is not all zero. */
+static int hex_in(const char *s, size_t n, uint8_t *out, size_t outn, char *txt)
+{
+    size_t i, pad = outn - n / 2;
+    int nz = 0;
+
+    memset(out, 0, pad);
+    for (i = 0; i < n; i += 2) {
+        int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+
+        if (hi < 0 || lo < 0)
+            return 0;
+        out[pad + i / 2] = (uint8_t)(hi << 4 | lo);
+        nz |= hi | lo;
+        if (txt) {
+            txt[i] = HEX[hi];
+            txt[i + 1] = HEX[lo];
+        }
+    }
+    return nz != 0;
+}
+
+static void rand_bytes(h1_engine *e, uint8_t *out, size_t n)
+{
+    while (n) {
+        uint64_t v = rng_next(e->rng);
+        size_t k = n < 8 ? n : 8;
+
+        memcpy(out, &v, k);
+        out += k;
+        n -= k;
+    }
+}
+
+static void rand_id(h1_engine *e, uint8_t *out, size_t n)
+{
+    size_t i;
+
+    do {
+        rand_bytes(e, out, n);
+        for (i = 0; i < n && !out[i]; i++)
+            ;
+    } while (i == n);
+}
+
+static inline int span_is(const char *buf, http1_span s, const char *lower, size_t n)
+{
+    return s.len == n && http1_span_ieq(buf, s, lower, n);
+}
+
+/* traceparent: 00-<32>-<16>-<2> (version 00 exactly 55 chars; a later
+ * version may carry more after the flags, RFC: "-" then anything). */
+static void trace_w3c(h1_trace *t, const char *v, uint32_t n)
+{
+    uint8_t fl[1];
+
+    if (n < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-' || (n > 55 && v[55] != '-'))
+        return;
+    if (hexval(v[0]) < 0 || hexval(v[1]) < 0 || (v[0] == 'f' && v[1] == 'f') || (n > 55 && v[0] == '0' && v[1] == '0'))
+        return;
+    if (!hex_in(v + 3, 32, t->trace, 16, t->tp_trace) || !hex_in(v + 36, 16, t->parent, 8, NULL))
+        return;
+    if (hexval(v[53]) < 0 || hexval(v[54]) < 0)
+        return;
+    hex_in(v + 53, 2, fl, 1, t->tp_flags);
+    t->fam |= TR_W3C;
+    t->sampled = fl[0] & 1;
+    t->has_parent = 1;
+}
+
+/* The incoming context (the headers found by obs_begin); then the ids of
+ * our span. */
+static void trace_begin(h1_engine *e, h1_trace *t, const char *buf, const http1_header *tp,
+                        const http1_header *b3id, const http1_header *b3span, const http1_header *b3smp,
+                        const http1_header *b3flags, const http1_header *b3)
+{
+    uint8_t tid[16], sid[8];
+    int b3m_sampled = -1;
+
+    memset(t, 0, sizeof(*t));
+    if (tp)
+        trace_w3c(t, buf + tp->value.off, tp->value.len);
+    if (b3id && b3span && (b3id->value.len == 16 || b3id->value.len == 32) && b3span->value.len == 16 &&
+        hex_in(buf + b3id->value.off, b3id->value.len, tid, 16, t->b3m_tid) &&
+        hex_in(buf + b3span->value.off, 16, sid, 8, t->b3m_span)) {
+        t->fam |= TR_B3M;
+        t->b3m_tid_len = (uint8_t)b3id->value.len;
+        if (b3flags && b3flags->value.len == 1 && buf[b3flags->value.off] == '1')
+            b3m_sampled = 1;
+        else if (b3smp) {
+            const char *v = buf + b3smp->value.off;
+            uint32_t n = b3smp->value.len;
+
+            if ((n == 1 && v[0] == '1') || (n == 4 && !strncasecmp(v, "true", 4)))
+                b3m_sampled = 1;
+            else if ((n == 1 && v[0] == '0') || (n == 5 && !strncasecmp(v, "false", 5)))
+                b3m_sampled = 0;
+        }
+        t->b3m_sampled_given = b3m_sampled >= 0;
+        if (!(t->fam & TR_W3C)) {
+            memcpy(t->trace, tid, 16);
+            memcpy(t->parent, sid, 8);
+            t->has_parent = 1;
+            t->sampled = b3m_sampled > 0;
+        }
+    }
+    if (b3) {
+        /* {trace 16|32}-{span 16}[-{sampled}[-{parent 16}]] */
+        const char *v = buf + b3->value.off;
+        uint32_t n = b3->value.len, tl = n >= 33 && v[32] == '-' ? 32 : 16;
+        uint8_t bt[16], bs[8], bp[8];
+
+        if (n >= tl + 17 && v[tl] == '-' && hex_in(v, tl, bt, 16, t->b3s_tid) &&
+            hex_in(v + tl + 1, 16, bs, 8, t->b3s_span) &&
+            (n == tl + 17 ||
+             (v[tl + 17] == '-' && (v[tl + 18] == '0' || v[tl + 18] == '1' || v[tl + 18] == 'd') &&
+              (n == tl + 19 || (n == tl + 36 && v[tl + 19] == '-' && hex_in(v + tl + 20, 16, bp, 8, NULL)))))) {
+            t->fam |= TR_B3S;
+            t->b3s_tid_len = (uint8_t)tl;
+            t->b3s_sampled = n > tl + 17 ? v[tl + 18] : 0;
+            if (!(t->fam & (TR_W3C | TR_B3M))) {
+                memcpy(t->trace, bt, 16);
+                memcpy(t->parent, bs, 8);
+                t->has_parent = 1;
+                t->sampled = t->b3s_sampled == '1' || t->b3s_sampled == 'd';
+            }
+        }
+    }
+    /* No sampling decision came with the winning family: draw one. */
+    if (!t->fam || (!(t->fam & (TR_W3C | TR_B3M)) && !t->b3s_sampled) ||
+        (!(t->fam & TR_W3C) && (t->fam & TR_B3M) && !t->b3m_sampled_given)) {
+        if (!t->fam) {
+            t->fam = TR_NEW;
+            rand_id(e, t->trace, 16);
+        }
+        t->sampled = e->sample_all || rng_next(e->rng) < e->sample_thr;
+    }
+    rand_id(e, t->span, 8);
+}
+
+/* The route's request ops plus the trace fields as set operations, into
+ * *m (fields in set[], values in vals: >= 4 * 72 bytes). Returns the ops to
+ * hand to rw_request. */
+#define TRACE_VALS 320
+static int ops_names(const rw_ops *o, const char *name, size_t n)
+{
+    uint32_t i;
+
+    if (!o)
+        return 0;
+    for (i = 0; i < o->nset; i++)
+        if (o->set[i].name.len == n && !strncasecmp(o->set[i].name.ptr, name, n))
+            return 1;
+    for (i = 0; i < o->nadd; i++)
+        if (o->add[i].name.len == n && !strncasecmp(o->add[i].name.ptr, name, n))
+            return 1;
+    for (i = 0; i < o->nremove; i++)
+        if (o->remove[i].len == n && !strncasecmp(o->remove[i].ptr, name, n))
+            return 1;
+    return 0;
+}
+
+static void ops_push(rw_ops *m, rw_field *set, const rw_ops *route, const char *name, const char *val,
+                     size_t vlen)
+{
+    size_t n = strlen(name);
+
+    if (m->nset >= RW_MAX_SET || ops_names(route, name, n))
+        return;
+    set[m->nset].name.ptr = name;
+    set[m->nset].name.len = (uint32_t)n;
+    set[m->nset].value.ptr = val;
+    set[m->nset].value.len = (uint32_t)vlen;
+    m->nset++;
+}
+
+static const rw_ops *trace_ops(const h1_trace *t, const rw_ops *route, rw_ops *m, rw_field *set, char *vals)
+{
+    char span[16], *v = vals;
+    char smp = t->sampled ? '1' : '0';
+
+    if (route)
+        *m = *route;
+    else
+        memset(m, 0, sizeof(*m));
+    if (m->nset)
+        memcpy(set, route->set, m->nset * sizeof(*set));
+    m->set = set;
+    hex_out(span, t->span, 8);
+    if (t->fam & (TR_W3C | TR_NEW)) {
+        /* 00-<trace>-<span>-<flags> */
+        memcpy(v, "00-", 3);
+        if (t->fam & TR_W3C) {
+            memcpy(v + 3, t->tp_trace, 32);
+            memcpy(v + 53, t->tp_flags, 2);
+        } else {
+            hex_out(v + 3, t->trace, 16);
+            v[53] = '0';
+            v[54] = smp;
+        }
+        v[35] = '-';
+        memcpy(v + 36, span, 16);
+        v[52] = '-';
+        ops_push(m, set, route, "traceparent", v, 55);
+        v += 56;
+    }
+    if (t->fam & TR_NEW) {
+        hex_out(v, t->trace, 16);
+        ops_push(m, set, route, "x-b3-traceid", v, 32);
+        v += 32;
+    }
+    if (t->fam & (TR_B3M | TR_NEW)) {
+        memcpy(v, span, 16);
+        ops_push(m, set, route, "x-b3-spanid", v, 16);
+        v += 16;
+        if (t->fam & TR_B3M)
+            ops_push(m, set, route, "x-b3-parentspanid", t->b3m_span, 16);
+        if (!t->b3m_sampled_given) {
+            *v = smp;
+            ops_push(m, set, route, "x-b3-sampled", v, 1);
+            v += 1;
+        }
+    }
+    if (t->fam & TR_B3S) {
+        size_t k = t->b3s_tid_len;
+
+        memcpy(v, t->b3s_tid, k);
+        v[k] = '-';
+        memcpy(v + k + 1, span, 16);
+        v[k + 17] = '-';
+        v[k + 18] = t->b3s_sampled ? t->b3s_sampled : smp;
+        v[k + 19] = '-';
+        memcpy(v + k + 20, t->b3s_span, 16);
+        ops_push(m, set, route, "b3", v, k + 36);
+        v += k + 36;
+    }
+    return m;
+}
+
+/* A request starts being measured: its clock, and (records, tracing) what
+ * its head says. buf/p NULL: a head that did not parse. */
+static void obs_begin(h1_engine *e, h1_conn *c, const char *buf, const http1_parser *p, const http1_framing *f)
+{
+    const http1_header *tp = NULL, *b3id = NULL, *b3span = NULL, *b3smp = NULL, *b3flags = NULL, *b3 = NULL;
+    const http1_header *ua = NULL, *rid = NULL;
+    h1_record *r = NULL;
+    uint32_t i;
+
+    c->rq_live = 1;
+    c->rflags = 0;
+    c->status_sent = 0;
+    c->rq_bytes = c->rs_bytes = 0;
+    c->t_sent_us = c->upstream_us = 0;
+    c->t0_us = clock_us(CLOCK_MONOTONIC);
+    c->tr = NULL;
+    c->rec = NULL;
+    if (e->recs && (r = c->rec = rec_take(e))) {
+        r->start_us = clock_us(CLOCK_REALTIME);
+        r->listener_block = c->listener_block;
+        r->minor = p ? (uint8_t)p->minor_version : 1;
+        r->method_len = r->path_len = r->authority_len = r->ua_len = r->rid_len = r->upstream_len = 0;
+        r->traced = r->has_parent = r->sampled = 0;
+        r->peer_len = (uint16_t)c->peer_addr.len;
+        memcpy(r->peer, c->peer_addr.ptr, c->peer_addr.len);
+        r->odst_len = (uint16_t)c->odst.len;
+        memcpy(r->odst, c->odst.ptr, c->odst.len);
+    }
+    if (!p || (!r && !e->cfg.tracing))
+        return;
+    for (i = 0; i < p->num_headers; i++) {
+        const http1_header *h = &p->headers[i];
+
+        switch (h->name.len) {
+        case 2:
+            if (!b3 && span_is(buf, h->name, "b3", 2))
+                b3 = h;
+            break;
+        case 10:
+            if (!ua && span_is(buf, h->name, "user-agent", 10))
+                ua = h;
+            else if (!b3flags && span_is(buf, h->name, "x-b3-flags", 10))
+                b3flags = h;
+            break;
+        case 11:
+            if (!tp && span_is(buf, h->name, "traceparent", 11))
+                tp = h;
+            else if (!b3span && span_is(buf, h->name, "x-b3-spanid", 11))
+                b3span = h;
+            break;
+        case 12:
+            if (!rid && span_is(buf, h->name, "x-request-id", 12))
+                rid = h;
+            else if (!b3id && span_is(buf, h->name, "x-b3-traceid", 12))
+                b3id = h;
+            else if (!b3smp && span_is(buf, h->name, "x-b3-sampled", 12))
+                b3smp = h;
+            break;
+        default:
+            break;
+        }
+    }
+    if (e->cfg.tracing) {
+        c->tr = &c->tr_store;
+        trace_begin(e, c->tr, buf, tp, b3id, b3span, b3smp, b3flags, b3);
+    }
+    if (r) {
+        r->method_len = rec_copy(r->method, H1_REC_METHOD, buf, p->method);
+        r->path_len = rec_copy(r->path, H1_REC_PATH, buf, p->target);
+        if (f && f->host_index >= 0)
+            r->authority_len = rec_copy(r->authority, H1_REC_AUTHORITY, buf, p->headers[f->host_index].value);
+        if (ua)
+            r->ua_len = rec_copy(r->ua, H1_REC_UA, buf, ua->value);
+        if (rid)
+            r->rid_len = rec_copy(r->rid, H1_REC_RID, buf, rid->value);
+    }
+}
+
+/* The current request ended: its series and its record. */
+static void obs_end(h1_engine *e, h1_conn *c)
+{
+    uint64_t dur = clock_us(CLOCK_MONOTONIC) - c->t0_us;
+    uint32_t cb = c->routed && c->route.action == H1_ACT_PROXY ? c->route.cluster_block : 0;
+    h1_record *r = c->rec;
+
+    c->rq_live = 0;
+    c->flags |= c->rflags;
+    if (e->series)
+        series_record(e, H1_KEY_HTTP(c->listener_block, cb, c->rflags, (uint32_t)c->status_sent), dur,
+                      c->rq_bytes, c->rs_bytes);
+    if (!r)
+        return;
+    c->rec = NULL;
+    r->duration_us = dur;
+    r->upstream_us = c->upstream_us;
+    r->bytes_received = c->rq_bytes;
+    r->bytes_sent = c->rs_bytes;
+    r->status = (uint32_t)c->status_sent;
+    r->flags = c->rflags;
+    r->cluster_block = cb;
+    if (cb || (c->routed && c->route.action == H1_ACT_PROXY))
+        r->upstream_len = fmt_addr(&c->route.upstream, r->upstream);
+    if (c->tr) {
+        r->traced = 1;
+        r->sampled = c->tr->sampled;
+        r->has_parent = c->tr->has_parent;
+        memcpy(r->trace_id, c->tr->trace, 16);
+        memcpy(r->span_id, c->tr->span, 8);
+        memcpy(r->parent_id, c->tr->parent, 8);
+    }
+    r->next = NULL;
+    if (e->rq_tail)
+        e->rq_tail->next = r;
+    else
+        e->rq_head = r;
+    e->rq_tail = r;
 }
 
 /* ---- buffers ---------------------------------------------------------------- */
@@ -805,6 +1452,9 @@ static void conn_end(h1_engine *e, h1_conn *c, int how, int detach)
 
     if (c->mode == M_DEAD)
         return;
+    if (c->rq_live)
+        obs_end(e, c);
+    c->flags |= c->rflags;
     memset(&ev, 0, sizeof(ev));
     ev.user = c->user;
     ev.fd = -1;
@@ -976,9 +1626,11 @@ static void reply_local(h1_engine *e, h1_conn *c, int status, const char *reason
     txq_add(&c->w->q, c->w->data, o.len);
     if (!body_copy && !c->is_head)
         txq_add(&c->w->q, body_ref.ptr, body_ref.len);
+    c->status_sent = status;
+    c->rs_bytes = c->is_head || o.over ? 0 : blen;
     cnt(e, c->listener_block, H1_L_RQ_1XX - 1 + status_class(status), status_class(status) ? 1 : 0);
     e->st.local_responses++;
-    c->flags |= flags;
+    c->rflags |= flags;
     c->close_after = (uint8_t)close;
     c->mode = M_LOCAL;
 }
@@ -1092,6 +1744,10 @@ static int send_request_head(h1_engine *e, h1_conn *c)
 {
     h1_buf *r = c->r, *w;
     const char *buf = r->data + c->r_start;
+    const rw_ops *ops = c->route.req_ops;
+    rw_ops mops;
+    rw_field mset[RW_MAX_SET];
+    char tvals[TRACE_VALS];
     rw_ctx ctx;
     int64_t n;
 
@@ -1118,7 +1774,15 @@ static int send_request_head(h1_engine *e, h1_conn *c)
     ctx.proto = c->proto;
     ctx.default_host = c->default_host;
     ctx.request_id = c->request_id ? r->rid : NULL;
-    n = rw_request(buf, &r->p, &r->f, c->route.req_ops, &ctx, w->data, e->cap);
+    if (c->tr)
+        ops = trace_ops(c->tr, ops, &mops, mset, tvals);
+    if (c->rec && !c->rec->rid_len && c->request_id) {
+        /* as rw_request generates it (no x-request-id came in) */
+        rw_uuid4(r->rid, c->rec->rid);
+        c->rec->rid_len = RW_UUID_LEN;
+    }
+    c->rq_bytes = 0;
+    n = rw_request(buf, &r->p, &r->f, ops, &ctx, w->data, e->cap);
     if (n <= 0) {
         if (n == 0)
             reply_error(e, c, 400, "Bad Request", "invalid request target authority\n", H1_F_DPE, 1);
@@ -1218,7 +1882,7 @@ static void upstream_failed(h1_engine *e, h1_conn *c)
     if (c->rs != RS_HEAD) {
         /* Part of the response is downstream already: the only honest
          * ending left is a reset. */
-        c->flags |= H1_F_UC;
+        c->rflags |= H1_F_UC;
         conn_end(e, c, END_ABORT, 0);
         return;
     }
@@ -1238,7 +1902,7 @@ static void bad_gateway(h1_engine *e, h1_conn *c, const char *why)
     body[27 + n] = '\n';
     body[28 + n] = 0;
     if (c->rs != RS_HEAD) {
-        c->flags |= H1_F_UPE;
+        c->rflags |= H1_F_UPE;
         conn_end(e, c, END_ABORT, 0);
         return;
     }
@@ -1285,6 +1949,7 @@ static int rq_produce(h1_engine *e, h1_conn *c)
         txq_add(&r->q, r->data + c->r_pos, (size_t)n);
         c->r_pos += (uint32_t)n;
         c->rq_left -= n;
+        c->rq_bytes += n;
         if (!c->rq_left)
             c->rq_end = 1;
         return 1;
@@ -1302,15 +1967,17 @@ static int rq_produce(h1_engine *e, h1_conn *c)
              * partial body for a request, hence the abort in reply_local
              * (or here, when its response is under way). */
             if (c->rs != RS_HEAD) {
-                c->flags |= H1_F_DPE;
+                c->rflags |= H1_F_DPE;
                 conn_end(e, c, END_ABORT, 0);
             } else {
                 reply_bad_request(e, c, &r->ck.err);
             }
             return -1;
         }
-        for (i = 0; i < ns; i++)
+        for (i = 0; i < ns; i++) {
             txq_add_chunk(&r->q, r->data + c->r_pos + sp[i].off, sp[i].len);
+            c->rq_bytes += sp[i].len;
+        }
         c->r_pos += (uint32_t)k;
         if (r->ck.done) {
             txq_add(&r->q, LAST_CHUNK, sizeof(LAST_CHUNK));
@@ -1358,6 +2025,8 @@ static int rq_pump(h1_engine *e, h1_conn *c)
         }
         if (c->rq_end) {
             c->rq = RQ_DONE;
+            if (c->rec)
+                c->t_sent_us = clock_us(CLOCK_MONOTONIC);
             if (c->rs == RS_HEAD)
                 timer_arm(e, &c->t, T_RESP, c->route.timeout_ms);
             return 1;
@@ -1386,7 +2055,7 @@ static int rq_pump(h1_engine *e, h1_conn *c)
             if (k == IO_AGAIN)
                 return prog;
             /* The client went away with its request unfinished. */
-            c->flags |= H1_F_DC;
+            c->rflags |= H1_F_DC;
             conn_end(e, c, k == 0 ? END_CLOSE : END_ABORT, 0);
             return -1;
         }
@@ -1449,6 +2118,9 @@ static int rs_head(h1_engine *e, h1_conn *c)
     }
     if (c->t.kind == T_RESP)
         timer_cancel(e, &c->t);
+    c->status_sent = status;
+    if (c->rec)
+        c->upstream_us = clock_us(CLOCK_MONOTONIC) - (c->t_sent_us ? c->t_sent_us : c->t0_us);
     c->dechunk = w->f.body == HTTP1_BODY_CHUNKED && c->minor == 0;
     close = !tunnel && (!c->client_ka || e->draining || c->rq != RQ_DONE || c->rq_broken ||
                         w->f.body == HTTP1_BODY_UNTIL_CLOSE || c->dechunk || (c->is_connect && !tunnel));
@@ -1519,6 +2191,7 @@ static int rs_produce(h1_engine *e, h1_conn *c)
         txq_add(&w->q, w->data + c->w_pos, (size_t)n);
         c->w_pos += (uint32_t)n;
         c->rs_left -= n;
+        c->rs_bytes += n;
         if (!c->rs_left)
             c->rs_end = 1;
         return 1;
@@ -1535,6 +2208,7 @@ static int rs_produce(h1_engine *e, h1_conn *c)
             return -1;
         }
         for (i = 0; i < ns; i++) {
+            c->rs_bytes += sp[i].len;
             if (c->dechunk)
                 txq_add(&w->q, w->data + c->w_pos + sp[i].off, sp[i].len);
             else
@@ -1551,6 +2225,7 @@ static int rs_produce(h1_engine *e, h1_conn *c)
     case HTTP1_BODY_UNTIL_CLOSE:
         if (!n)
             return 0;
+        c->rs_bytes += n;
         txq_add(&w->q, w->data + c->w_pos, (size_t)n);
         c->w_pos = c->w_len;
         return 1;
@@ -1599,7 +2274,7 @@ static int rs_pump(h1_engine *e, h1_conn *c)
                 prog = 1;
             }
             if (rc < 0) {
-                c->flags |= H1_F_DC;
+                c->rflags |= H1_F_DC;
                 conn_end(e, c, END_ABORT, 0);
                 return -1;
             }
@@ -1676,6 +2351,8 @@ static void finish_exchange(h1_engine *e, h1_conn *c)
                 c->rs_body != HTTP1_BODY_UNTIL_CLOSE;
 
     timer_cancel(e, &c->t);
+    if (c->rq_live)
+        obs_end(e, c);
     if (reuse)
         up_release(e, c, 1);
     else if (c->up) {
@@ -1699,7 +2376,7 @@ static int proxy_step(h1_engine *e, h1_conn *c)
 
     if (c->s.err) {
         /* The client reset: nobody is left to answer. */
-        c->flags |= H1_F_DC;
+        c->rflags |= H1_F_DC;
         conn_end(e, c, END_ABORT, 0);
         return 1;
     }
@@ -1750,9 +2427,13 @@ static void start_request(h1_engine *e, h1_conn *c, uint32_t hlen)
     c->minor = (uint8_t)r->p.minor_version;
     c->client_ka = 0;
     if (http1_request_framing(buf, r->p.method, r->p.minor_version, r->p.headers, r->p.num_headers, &r->f) < 0) {
+        if (e->obs)
+            obs_begin(e, c, buf, &r->p, NULL);
         reply_bad_request(e, c, &r->f.err);
         return;
     }
+    if (e->obs)
+        obs_begin(e, c, buf, &r->p, &r->f);
     c->is_head = r->p.method.len == 4 && !memcmp(buf + r->p.method.off, "HEAD", 4);
     c->is_connect = r->f.body == HTTP1_BODY_TUNNEL;
     c->upgrade = r->f.upgrade;
@@ -1773,7 +2454,7 @@ static void start_request(h1_engine *e, h1_conn *c, uint32_t hlen)
         return;
     }
     c->routed = 1;
-    c->flags |= c->route.flags;
+    c->rflags |= c->route.flags;
     if (c->route.action == H1_ACT_RESPOND) {
         rw_str body = c->route.body;
 
@@ -1814,6 +2495,8 @@ static int head_step(h1_engine *e, h1_conn *c)
                 return 1;
             }
             if (rc == HTTP1_ERROR) {
+                if (e->obs && !c->rq_live)
+                    obs_begin(e, c, NULL, NULL, NULL);
                 reply_bad_request(e, c, &r->p.err);
                 return 1;
             }
@@ -1903,6 +2586,8 @@ static int local_step(h1_engine *e, h1_conn *c)
     }
     if (rc == 0)
         return moved ? 1 : 0;
+    if (c->rq_live)
+        obs_end(e, c);
     if (c->close_after)
         linger_close(e, c);
     else
@@ -2022,6 +2707,44 @@ static void fire(h1_engine *e, h1_timer *t, int kind)
 
 /* ---- public API ---------------------------------------------------------------- */
 
+#define RECORDS_DEFAULT 4096u
+#define RECORDS_MAX (1u << 20)
+
+static void obs_free(h1_engine *e)
+{
+    free(e->skeys);
+    free(e->sidx);
+    free(e->recs);
+    e->skeys = NULL;
+    e->sidx = NULL;
+    e->recs = NULL;
+}
+
+static int obs_init(h1_engine *e)
+{
+    double pct = e->cfg.trace_sampling;
+
+    e->cfg.series_max = e->cfg.counters ? e->cfg.series_max : 0;
+    if (series_init(e) < 0)
+        return -1;
+    e->cfg.series_max = e->series_max;
+    if (e->cfg.records) {
+        if (!e->cfg.records_cap)
+            e->cfg.records_cap = RECORDS_DEFAULT;
+        if (e->cfg.records_cap > RECORDS_MAX)
+            e->cfg.records_cap = RECORDS_MAX;
+        /* untouched until used: calloc's pages come from the kernel zeroed */
+        if (!(e->recs = calloc(e->cfg.records_cap, sizeof(h1_record))))
+            return -1;
+    } else {
+        e->cfg.records_cap = 0;
+    }
+    e->sample_all = pct >= 100.0;
+    e->sample_thr = pct > 0.0 && pct < 100.0 ? (uint64_t)(pct / 100.0 * 18446744073709551616.0) : 0;
+    e->obs = (uint8_t)(e->series || e->recs || e->cfg.tracing);
+    return 0;
+}
+
 h1_engine *h1_engine_new(const h1_config *cfg)
 {
     h1_engine *e;
@@ -2062,10 +2785,19 @@ h1_engine *h1_engine_new(const h1_config *cfg)
         e->timers[k].head = e->timers[k].tail = NULL;
     rng_seed(e->rng);
     e->now = clock_ms();
+    if (obs_init(e) < 0) {
+        int err = errno;
+
+        obs_free(e);
+        free(e);
+        errno = err;
+        return NULL;
+    }
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (e->epfd < 0) {
         int err = errno;
 
+        obs_free(e);
         free(e);
         errno = err;
         return NULL;
@@ -2079,9 +2811,9 @@ int h1_engine_fd(const h1_engine *e)
 }
 
 /* Copies the option strings into c (inline when short). */
-static int conn_copy_strs(h1_conn *c, const h1_conn_opts *o)
+static int conn_copy_strs(h1_conn *c, const h1_conn_opts *o, const rw_str *peer_addr, const rw_str *odst)
 {
-    size_t need = (size_t)o->peer.len + o->proto.len + o->default_host.len;
+    size_t need = (size_t)o->peer.len + o->proto.len + o->default_host.len + peer_addr->len + odst->len;
     char *p = c->strs;
 
     if (need > sizeof(c->strs)) {
@@ -2100,6 +2832,15 @@ static int conn_copy_strs(h1_conn *c, const h1_conn_opts *o)
     COPY_STR(proto);
     COPY_STR(default_host);
 #undef COPY_STR
+    c->peer_addr.ptr = p;
+    c->peer_addr.len = peer_addr->len;
+    if (peer_addr->len)
+        memcpy(p, peer_addr->ptr, peer_addr->len);
+    p += peer_addr->len;
+    c->odst.ptr = p;
+    c->odst.len = odst->len;
+    if (odst->len)
+        memcpy(p, odst->ptr, odst->len);
     return 0;
 }
 
@@ -2107,6 +2848,9 @@ h1_conn *h1_engine_add(h1_engine *e, int fd, void *user, const h1_conn_opts *o)
 {
     struct epoll_event ev;
     h1_conn *c = e->free_conns;
+    rw_str peer_addr = { NULL, 0 }, odst = { NULL, 0 };
+    char pbuf[H1_REC_ADDR];
+    fp_addr pa;
 
     if (c) {
         e->free_conns = c->znext;
@@ -2124,7 +2868,25 @@ h1_conn *h1_engine_add(h1_engine *e, int fd, void *user, const h1_conn_opts *o)
         c->detect_ms = o->detect_ms;
         c->listener_block = o->listener_block;
         c->request_id = (uint8_t)!!o->request_id;
-        if (conn_copy_strs(c, o) < 0) {
+        if (e->recs) {
+            /* the record's addresses, cut to H1_REC_ADDR */
+            peer_addr = o->peer_addr;
+            odst = o->original_dst;
+            if (!peer_addr.len) {
+                struct sockaddr_storage ss;
+                socklen_t sl = sizeof(ss);
+
+                if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0 && sa_to_addr(&ss, &pa) == 0) {
+                    peer_addr.ptr = pbuf;
+                    peer_addr.len = fmt_addr(&pa, pbuf);
+                }
+            }
+            if (peer_addr.len > H1_REC_ADDR)
+                peer_addr.len = H1_REC_ADDR;
+            if (odst.len > H1_REC_ADDR)
+                odst.len = H1_REC_ADDR;
+        }
+        if (conn_copy_strs(c, o, &peer_addr, &odst) < 0) {
             free(c);
             errno = ENOMEM;
             return NULL;
@@ -2387,6 +3149,7 @@ void h1_engine_free(h1_engine *e)
     }
     free(e->pools);
     free(e->evq);
+    obs_free(e);
     close(e->epfd);
     free(e);
 }

@@ -138,6 +138,122 @@
 #define H1_F_DPE 0x20  /* downstream protocol error (a local 4xx/5xx for bad input) */
 #define H1_F_UPE 0x40  /* upstream protocol error (502) */
 
+/* ---- Observability (obs-spec.md §1-4) -----------------------------------------
+ *
+ * Series. The top of the counter region (from h1_config.series_base) holds up
+ * to series_max series of H1_SERIES_SLOTS slots; series i is at series_base +
+ * i * H1_SERIES_SLOTS and is allocated in order on the first use of its KEY.
+ * Slot 0 of a series is its KEY (0: unused), written LAST with a release
+ * store after the other slots were zeroed, so a reader that sees KEY != 0
+ * sees a valid series. Every other slot is a plain single-writer counter.
+ * Each finished HTTP request (see "Request end" below) adds to the series of
+ * H1_KEY_HTTP(listener, cluster, flags, status): requests, the duration and
+ * body-size histograms (NON-cumulative buckets; a value lands in the first
+ * bucket whose bound is >= it) and their sums. A new KEY past series_max is
+ * not recorded: worker slot H1_G_SERIES_OVERFLOW is incremented instead.
+ * h1_engine_new ADOPTS the series already in the area (a restarted worker
+ * reuses its region): it scans i = 0.. while KEY != 0 and indexes them, so
+ * counters stay monotonic. TCP series (H1_KEY_TCP) share the area and the
+ * allocator: the worker gets their base through h1_engine_series_slot and
+ * counts them itself (the relay's third counter pointers, relay.h). */
+#define H1_SERIES_SLOTS      48
+#define H1_S_KEY              0
+#define H1_S_REQUESTS         1
+#define H1_S_DURATION         2   /* 20 buckets, bounds H1_DURATION_BOUNDS_US */
+#define H1_S_DURATION_SUM    22   /* microseconds */
+#define H1_S_REQUEST_BYTES   23   /* 9 buckets, bounds 1, 10, ... 10^7, +Inf */
+#define H1_S_REQUEST_SUM     32
+#define H1_S_RESPONSE_BYTES  33   /* 9 buckets, as request bytes */
+#define H1_S_RESPONSE_SUM    42
+#define H1_S_TCP_OPENED       1   /* TCP series: counted by the worker */
+#define H1_S_TCP_CLOSED       2
+#define H1_S_TCP_RX           3   /* bytes received from downstream (relay dir 0, ctr[2]) */
+#define H1_S_TCP_TX           4   /* bytes sent to downstream (relay dir 1, ctr[2]) */
+#define H1_DURATION_BUCKETS  20
+#define H1_BYTES_BUCKETS      9
+/* Worker-wide slots (block 0, stats/names.py G_*). */
+#define H1_G_SERIES_OVERFLOW  4
+#define H1_G_RECORDS_DROPPED  5
+
+/* KEY packing: blocks are counter-block bases (multiples of 16); status is
+ * the status sent to the client (0: none), flags the request's H1_F_* bits.
+ * A request answered without a cluster uses cluster block 0. */
+#define H1_KEY_HTTP(lb, cb, flags, status)                                                         \
+    ((uint64_t)1 << 63 | (uint64_t)((lb) / 16) << 40 | (uint64_t)((cb) / 16) << 20 |             \
+     (uint64_t)((flags) & 0xffu) << 10 | (uint64_t)((status) & 0x3ffu))
+#define H1_KEY_TCP(lb, cb) \
+    ((uint64_t)1 << 63 | (uint64_t)1 << 62 | (uint64_t)((lb) / 16) << 40 | (uint64_t)((cb) / 16) << 20)
+
+/* Request end. A request is finished, and recorded (series and record),
+ * once: when its response was written whole (proxied or local, the tunnel's
+ * 101 / 2xx-to-CONNECT head included, at the hand-back), or when the
+ * connection ends with it unfinished (status: the final status already
+ * queued to the client, else 0). Duration: from the head complete (or the
+ * parse error) to then. Body bytes: request body bytes read from the client
+ * and queued upstream (chunked: decoded payload), response body bytes queued
+ * to the client (a local response: its body length). */
+
+/* Request records (h1_config.records): one per finished request, kept in a
+ * set of records_cap structs allocated at h1_engine_new. A request takes a
+ * free struct when it starts (the strings of its head are copied there, cut
+ * to the sizes below) and queues it when it ends; the caller takes queued
+ * ones with h1_engine_records and gives them back with
+ * h1_engine_records_release. A request that finds no free struct is not
+ * recorded and counted in H1_G_RECORDS_DROPPED. */
+#define H1_REC_METHOD     24
+#define H1_REC_PATH      512
+#define H1_REC_AUTHORITY 256
+#define H1_REC_UA        256
+#define H1_REC_RID        64
+#define H1_REC_ADDR       48   /* "ip:port", "[v6]:port" */
+
+typedef struct h1_record {
+    uint64_t start_us;            /* CLOCK_REALTIME microseconds at the head complete */
+    uint64_t duration_us;         /* to the last response byte written */
+    uint64_t upstream_us;         /* request fully sent -> response head; 0: no upstream */
+    uint64_t bytes_received;      /* request body bytes */
+    uint64_t bytes_sent;          /* response body bytes */
+    uint32_t status;              /* sent to the client, 0: none */
+    uint32_t flags;               /* H1_F_* */
+    uint32_t cluster_block, listener_block;
+    uint8_t minor;                /* HTTP/1.<minor> of the request */
+    uint8_t traced;               /* trace_id/span_id are set (tracing on) */
+    uint8_t has_parent;
+    uint8_t sampled;
+    uint8_t trace_id[16], span_id[8], parent_id[8];
+    uint16_t method_len, path_len, authority_len, ua_len, rid_len, upstream_len, peer_len, odst_len;
+    char method[H1_REC_METHOD];
+    char path[H1_REC_PATH];
+    char authority[H1_REC_AUTHORITY];
+    char ua[H1_REC_UA];
+    char rid[H1_REC_RID];         /* x-request-id as forwarded (received or generated) */
+    char upstream[H1_REC_ADDR];   /* the endpoint, "" when none */
+    char peer[H1_REC_ADDR];       /* the client */
+    char odst[H1_REC_ADDR];       /* the original destination, "" when none */
+    struct h1_record *next;       /* engine-internal */
+} h1_record;
+
+/* Trace context (h1_config.tracing), per proxied request, in the forwarded
+ * head. Incoming context, first valid wins:
+ *   traceparent 00-<32 hex trace>-<16 hex span>-<2 hex flags> (trace and span
+ *     not all zero): trace kept, parent = its span, sampled = flags & 1;
+ *   B3 multi x-b3-traceid (16/32 hex), x-b3-spanid (16 hex), sampled from
+ *     x-b3-sampled (1/true/0/false) or x-b3-flags: 1 (debug);
+ *   B3 single b3: {trace}-{span}[-{sampled 0/1/d}[-{parent}]].
+ * A new span id (8 random bytes from the engine's PRNG) replaces the span of
+ * every family present, each family keeping its own trace id text:
+ *   traceparent: 00-<trace>-<new span>-<flags as received>  (tracestate as is)
+ *   x-b3-spanid: <new span>, x-b3-parentspanid: <incoming x-b3-spanid>,
+ *     x-b3-sampled set to the decision when the request carried no sampling
+ *   b3: {trace}-{new span}-{sampled}-{incoming span}
+ * No valid context: a new trace (16 random bytes), sampled when a draw falls
+ * under trace_sampling percent, and traceparent plus x-b3-traceid,
+ * x-b3-spanid and x-b3-sampled are added. When B3 carries no sampling
+ * decision the same draw decides it. The fields are written as set
+ * operations merged with the route's (rw_ops): a route operation naming the
+ * same field wins and the engine's is dropped. 16-hex B3 trace ids are
+ * left-padded with zeros to 32 in the record. */
+
 /* h1_route.action */
 #define H1_ACT_PROXY   1
 #define H1_ACT_RESPOND 2
@@ -184,6 +300,14 @@ typedef struct h1_config {
     h1_route_fn route;
     h1_release_fn release;
     void *cb_data;
+    /* Observability (see above); all zero = off, and then a request costs
+     * one branch more than without it. */
+    uint32_t series_base;         /* first slot of the series area */
+    uint32_t series_max;          /* series that fit (0: none); clamped to the region */
+    int records;                  /* 1: keep request records */
+    uint32_t records_cap;         /* records (default 4096 when 0) */
+    int tracing;                  /* 1: trace context in forwarded heads (and records) */
+    double trace_sampling;        /* percent of new traces sampled, 0..100 */
 } h1_config;
 
 /* Per-connection options, copied by h1_engine_add (the strings too: they
@@ -196,6 +320,11 @@ typedef struct h1_conn_opts {
     rw_str proto;                 /* x-forwarded-proto value ("" = leave) */
     rw_str default_host;          /* Host for HTTP/1.0 requests without one (the original destination) */
     int request_id;               /* 1: add x-request-id when absent */
+    /* For records only (ignored without h1_config.records): the client's
+     * "ip:port" (empty: getpeername() at add) and the original destination
+     * "ip:port" (empty: none). */
+    rw_str peer_addr;
+    rw_str original_dst;
 } h1_conn_opts;
 
 typedef struct h1_engine h1_engine;
@@ -261,6 +390,19 @@ void h1_engine_drain(h1_engine *e);
  * Its route ref, if any, is handed to release(). Also withdraws the report
  * of a connection that ended but was not handed out yet. */
 void h1_engine_close_conn(h1_engine *e, h1_conn *c);
+
+/* The base slot of the series of key (allocated on first use: the other
+ * slots zeroed, then KEY stored with release order), or -1 when key is new
+ * and every series is taken (H1_G_SERIES_OVERFLOW is then incremented), or
+ * when there is no series area or key is 0. */
+int64_t h1_engine_series_slot(h1_engine *e, uint64_t key);
+
+/* Takes up to max queued records, oldest first, into out; returns their
+ * count. They stay valid and unchanged until given back with
+ * h1_engine_records_release (every taken record must be given back before
+ * h1_engine_free, or with it: free releases the storage). */
+unsigned h1_engine_records(h1_engine *e, h1_record **out, unsigned max);
+void h1_engine_records_release(h1_engine *e, h1_record **recs, unsigned n);
 
 unsigned h1_engine_count(const h1_engine *e);   /* connections not yet reported */
 void h1_engine_get_stats(const h1_engine *e, h1_stats *st);

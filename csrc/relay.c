@@ -198,7 +198,7 @@ static void deliver(fp_relay_dir *d, size_t n, int via_pipe)
         d->spliced += n;
     else
         d->copied += n;
-    for (k = 0; k < 2; k++) {
+    for (k = 0; k < FP_DIR_COUNTERS; k++) {
         fp_counter *c = d->ctr[k];
         if (c)
             __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);

@@ -78,7 +78,12 @@
 #define FP_DIR_TEST_NOSPLICE 0x100
 
 /* A counter the relay bumps by the bytes it delivers (may be NULL). Counters
- * are single-writer (one worker process), so a relaxed load+store suffices. */
+ * are single-writer (one worker process), so a relaxed load+store suffices.
+ * Each direction has FP_DIR_COUNTERS of them, all bumped by the same amount:
+ * the worker uses [0] for the side read from, [1] for the side written to,
+ * [2] for the Istio TCP series (dir 0: bytes received from downstream,
+ * dir 1: bytes sent to downstream; see h1proxy.h, "Series"). */
+#define FP_DIR_COUNTERS 3
 typedef uint64_t fp_counter;
 
 typedef struct fp_relay_dir {
@@ -92,7 +97,7 @@ typedef struct fp_relay_dir {
     size_t buf_len;          /* fallback: end of the unsent bytes in buf */
     uint64_t spliced;        /* bytes delivered to dst through the pipe */
     uint64_t copied;         /* bytes delivered to dst through the fallback buffer */
-    fp_counter *ctr[2];      /* bumped by bytes delivered to dst; either may be NULL */
+    fp_counter *ctr[FP_DIR_COUNTERS]; /* bumped by bytes delivered to dst; any may be NULL */
 } fp_relay_dir;
 
 /* A pool of EMPTY pipes, all of one capacity, shared by the relays of one

@@ -1,5 +1,5 @@
 # extern declarations only: csrc/h1proxy.h (the contracts are written there)
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastproxy._native.http1 cimport http1_framing, http1_limits, http1_parser
 from fastproxy._native.relay cimport fp_addr
@@ -24,6 +24,9 @@ cdef extern from "h1proxy.h" nogil:
         H1_F_DC
         H1_F_DPE
         H1_F_UPE
+        H1_SERIES_SLOTS
+        H1_G_SERIES_OVERFLOW
+        H1_G_RECORDS_DROPPED
 
     ctypedef struct h1_route:
         int action
@@ -56,6 +59,12 @@ cdef extern from "h1proxy.h" nogil:
         h1_route_fn route
         h1_release_fn release
         void *cb_data
+        uint32_t series_base
+        uint32_t series_max
+        int records
+        uint32_t records_cap
+        int tracing
+        double trace_sampling
 
     ctypedef struct h1_conn_opts:
         int detect
@@ -65,6 +74,31 @@ cdef extern from "h1proxy.h" nogil:
         rw_str proto
         rw_str default_host
         int request_id
+        rw_str peer_addr
+        rw_str original_dst
+
+    ctypedef struct h1_record:
+        uint64_t start_us
+        uint64_t duration_us
+        uint64_t upstream_us
+        uint64_t bytes_received
+        uint64_t bytes_sent
+        uint32_t status
+        uint32_t flags
+        uint32_t cluster_block, listener_block
+        uint8_t minor, traced, has_parent, sampled
+        uint8_t trace_id[16]
+        uint8_t span_id[8]
+        uint8_t parent_id[8]
+        uint16_t method_len, path_len, authority_len, ua_len, rid_len, upstream_len, peer_len, odst_len
+        char method[1]
+        char path[1]
+        char authority[1]
+        char ua[1]
+        char rid[1]
+        char upstream[1]
+        char peer[1]
+        char odst[1]
 
     ctypedef struct h1_engine:
         pass
@@ -96,4 +130,7 @@ cdef extern from "h1proxy.h" nogil:
     void h1_engine_close_conn(h1_engine *e, h1_conn *c)
     unsigned h1_engine_count(const h1_engine *e)
     void h1_engine_get_stats(const h1_engine *e, h1_stats *st)
+    int64_t h1_engine_series_slot(h1_engine *e, uint64_t key)
+    unsigned h1_engine_records(h1_engine *e, h1_record **out, unsigned max)
+    void h1_engine_records_release(h1_engine *e, h1_record **recs, unsigned n)
     void h1_engine_free(h1_engine *e)

@@ -12,11 +12,18 @@ endpoint), so that a request costs a route match and no allocation.
 The owner is also told when a connection ends (``http_closed(conn, requests)``)
 and when one is handed back (``http_detached(conn, kind, fd, upstream_fd,
 cluster_block)``: not HTTP after all, or upgraded to a tunnel).
+
+Observability (obs-spec.md, csrc/h1proxy.h "Observability"): with
+``series_max`` the engine keeps the Istio request series at the top of the
+counter region (``series_slot(key)`` hands a series to the TCP path); with
+``records`` every finished request leaves a record, handed to the owner's
+``http_records(list_of_tuples)`` at the end of each ``run()`` (field order:
+RECORD_FIELDS); with ``tracing`` the forwarded heads carry the trace context.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.errno cimport errno
-from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
 from fastproxy._native.h1proxy cimport *
@@ -34,6 +41,7 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_INET6
 
 DEF EVENT_BATCH = 64
+DEF RECORD_BATCH = 64
 
 # H1_EV_DETACH kinds, as the owner sees them.
 DETACH_HTTP2 = H1_DETACH_HTTP2
@@ -46,6 +54,31 @@ FLAG_UF = H1_F_UF
 FLAG_UT = H1_F_UT
 FLAG_UC = H1_F_UC
 FLAG_NR = H1_F_NR
+FLAG_DC = H1_F_DC
+FLAG_DPE = H1_F_DPE
+FLAG_UPE = H1_F_UPE
+
+SERIES_SLOTS = H1_SERIES_SLOTS
+G_SERIES_OVERFLOW = H1_G_SERIES_OVERFLOW
+G_RECORDS_DROPPED = H1_G_RECORDS_DROPPED
+
+# drain_records() tuple fields, in order (obs-spec.md §3).
+RECORD_FIELDS = (
+    "start_time_us", "duration_us", "upstream_service_time_us", "method", "path", "protocol",
+    "status", "flags", "bytes_received", "bytes_sent", "upstream_host", "cluster_block",
+    "listener_block", "x_request_id", "authority", "user_agent", "downstream_peer", "original_dst",
+    "trace_id", "span_id", "parent_span_id", "sampled", "route_name")
+
+
+def series_key_http(listener_block, cluster_block, flags, status):
+    """The packed KEY of an HTTP request series (obs-spec.md §1)."""
+    return (1 << 63) | ((listener_block // 16) << 40) | ((cluster_block // 16) << 20) | \
+        ((flags & 0xff) << 10) | (status & 0x3ff)
+
+
+def series_key_tcp(listener_block, cluster_block):
+    """The packed KEY of a TCP series (obs-spec.md §2)."""
+    return (1 << 63) | (1 << 62) | ((listener_block // 16) << 40) | ((cluster_block // 16) << 20)
 
 
 cdef int _addr(object ip, int port, fp_addr *out) except -1:
@@ -63,6 +96,44 @@ cdef int _addr(object ip, int port, fp_addr *out) except -1:
 cdef inline void _set_str(rw_str *s, bytes b):
     s.ptr = PyBytes_AS_STRING(b)
     s.len = <uint32_t>PyBytes_GET_SIZE(b)
+
+
+cdef bytes _hex(const uint8_t *b, int n):
+    cdef char out[64]
+    cdef int i
+    for i in range(n):
+        out[2 * i] = b"0123456789abcdef"[b[i] >> 4]
+        out[2 * i + 1] = b"0123456789abcdef"[b[i] & 15]
+    return PyBytes_FromStringAndSize(out, 2 * n)
+
+
+cdef tuple _record(const h1_record *r):
+    cdef bytes trace = b"", span = b"", parent = b""
+    if r.traced:
+        trace = _hex(r.trace_id, 16)
+        span = _hex(r.span_id, 8)
+        if r.has_parent:
+            parent = _hex(r.parent_id, 8)
+    return (r.start_us, r.duration_us, r.upstream_us,
+            PyBytes_FromStringAndSize(r.method, r.method_len),
+            PyBytes_FromStringAndSize(r.path, r.path_len),
+            b"HTTP/1.1" if r.minor else b"HTTP/1.0",
+            r.status, r.flags, r.bytes_received, r.bytes_sent,
+            PyBytes_FromStringAndSize(r.upstream, r.upstream_len),
+            r.cluster_block, r.listener_block,
+            PyBytes_FromStringAndSize(r.rid, r.rid_len),
+            PyBytes_FromStringAndSize(r.authority, r.authority_len),
+            PyBytes_FromStringAndSize(r.ua, r.ua_len),
+            PyBytes_FromStringAndSize(r.peer, r.peer_len),
+            PyBytes_FromStringAndSize(r.odst, r.odst_len),
+            trace, span, parent, bool(r.sampled), b"")
+
+
+cdef bytes _hostport(object addr):
+    if addr is None:
+        return b""
+    ip, port = addr[0], addr[1]
+    return (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}").encode()
 
 
 cdef class Decision:
@@ -189,11 +260,14 @@ cdef class HttpEngine:
     cdef Headers headers                # handed to decide(), valid during the call
     cdef public uint64_t errors         # decide() raised (the request got a 500)
     cdef public object last_error
+    cdef readonly bint records          # records are kept and handed to owner.http_records()
 
     def __cinit__(self, loop, owner, uintptr_t counters, uint32_t counters_len, *,
                   uint32_t max_head_bytes, uint32_t max_headers, uint32_t max_line_bytes,
                   uint32_t buffer_bytes, uint32_t pool_max_idle, uint32_t pool_idle_ms,
-                  uint32_t client_idle_ms):
+                  uint32_t client_idle_ms, uint32_t series_base=0, uint32_t series_max=0,
+                  bint records=False, uint32_t records_cap=4096, bint tracing=False,
+                  double trace_sampling=1.0):
         cdef h1_config cfg
         memset(&cfg, 0, sizeof(cfg))
         http1_limits_init(&cfg.limits)
@@ -209,6 +283,12 @@ cdef class HttpEngine:
         cfg.route = _route_cb
         cfg.release = _release_cb
         cfg.cb_data = <void *>self
+        cfg.series_base = series_base
+        cfg.series_max = series_max
+        cfg.records = records
+        cfg.records_cap = records_cap
+        cfg.tracing = tracing
+        cfg.trace_sampling = trace_sampling
         self.e = h1_engine_new(&cfg)
         if self.e == NULL:
             raise OSError(errno, "cannot create the HTTP engine")
@@ -218,6 +298,7 @@ cdef class HttpEngine:
         self.headers = Headers()
         self.errors = 0
         self.last_error = None
+        self.records = records
         self.efd = h1_engine_fd(self.e)
         loop.add_reader(self.efd, self.run)
 
@@ -227,10 +308,14 @@ cdef class HttpEngine:
             self.e = NULL
 
     def add(self, int fd, Conn conn, *, bint detect, uint32_t detect_ms, uint32_t listener_block,
-            bytes peer, bytes proto, bytes default_host, bint request_id):
+            bytes peer, bytes proto, bytes default_host, bint request_id,
+            bytes peer_addr=b"", bytes original_dst=None):
         """Hands the connected client socket fd to the engine (raises OSError
-        on failure: the caller still owns fd)."""
+        on failure: the caller still owns fd). peer_addr / original_dst
+        ("ip:port") are for records only: by default the engine asks the
+        socket for the peer, and the original destination is conn.dst."""
         cdef h1_conn_opts o
+        cdef bytes odst = b""
         memset(&o, 0, sizeof(o))
         o.detect = detect
         o.detect_ms = detect_ms
@@ -240,11 +325,41 @@ cdef class HttpEngine:
         _set_str(&o.proto, proto)
         _set_str(&o.default_host, default_host)
         o.request_id = request_id
+        if self.records:
+            odst = _hostport(conn.dst) if original_dst is None else original_dst
+            _set_str(&o.peer_addr, peer_addr)
+            _set_str(&o.original_dst, odst)
         conn.c = h1_engine_add(self.e, fd, <void *>conn, &o)
         if conn.c == NULL:
             raise OSError(errno, "cannot register the connection")
         Py_INCREF(conn)         # until the engine reports it
         self._schedule()        # bytes may already wait
+
+    def series_slot(self, uint64_t key):
+        """The base slot of the series of the packed key (allocated on first
+        use), or -1 past max_series (G_SERIES_OVERFLOW was incremented) or
+        when there is no series area."""
+        if self.e == NULL:
+            return -1
+        return h1_engine_series_slot(self.e, key)
+
+    def drain_records(self):
+        """The records of the requests that ended since the last drain, oldest
+        first, as tuples (RECORD_FIELDS order)."""
+        cdef h1_record *recs[RECORD_BATCH]
+        cdef unsigned n, i
+        cdef list out = []
+        if self.e == NULL:
+            return out
+        while True:
+            n = h1_engine_records(self.e, recs, RECORD_BATCH)
+            try:
+                for i in range(n):
+                    out.append(_record(recs[i]))
+            finally:
+                h1_engine_records_release(self.e, recs, n)
+            if n < RECORD_BATCH:
+                return out
 
     cdef _schedule(self):
         if not self.soon:
@@ -277,6 +392,10 @@ cdef class HttpEngine:
                     Py_DECREF(conn)
             if n < EVENT_BATCH:
                 break
+        if self.records:
+            recs = self.drain_records()
+            if recs:
+                self.owner.http_records(recs)
         if more:
             self._schedule()
 

@@ -20,7 +20,7 @@ cdef extern from "relay.h" nogil:
         unsigned flags
         uint64_t spliced
         uint64_t copied
-        fp_counter *ctr[2]
+        fp_counter *ctr[3]
 
     ctypedef struct fp_relay:
         fp_relay_dir dir[2]

@@ -126,6 +126,7 @@ cdef class Relay:
     cdef bint registered
     cdef object timer
     cdef public object route    # the worker's per-connection accounting handle
+    cdef public object log      # the worker's access-log facts (start, addresses), or None
     cdef public uint64_t seen_activity
     cdef public double idle_since
 
@@ -135,16 +136,21 @@ cdef class Relay:
     def __dealloc__(self):
         fp_relay_free(&self.r)
 
-    def set_counters(self, uintptr_t base, int down_rx, int down_tx, int up_rx, int up_tx):
+    def set_counters(self, uintptr_t base, int down_rx, int down_tx, int up_rx, int up_tx,
+                     int tcp_rx=-1, int tcp_tx=-1):
         """Counter slots (indexes into the uint64 array at base; -1 = none)
-        bumped by the C pump as bytes are delivered. base must outlive the relay."""
+        bumped by the C pump as bytes are delivered. base must outlive the relay.
+        tcp_rx / tcp_tx: the Istio TCP series' "received from downstream" and
+        "sent to downstream" slots (series base + 3, + 4; see csrc/h1proxy.h)."""
         cdef uint64_t *c = <uint64_t *> base
         # dir 0 (A -> B): received from downstream, sent to upstream
         self.r.dir[0].ctr[0] = c + down_rx if down_rx >= 0 else NULL
         self.r.dir[0].ctr[1] = c + up_tx if up_tx >= 0 else NULL
+        self.r.dir[0].ctr[2] = c + tcp_rx if tcp_rx >= 0 else NULL
         # dir 1 (B -> A): received from upstream, sent to downstream
         self.r.dir[1].ctr[0] = c + up_rx if up_rx >= 0 else NULL
         self.r.dir[1].ctr[1] = c + down_tx if down_tx >= 0 else NULL
+        self.r.dir[1].ctr[2] = c + tcp_tx if tcp_tx >= 0 else NULL
 
     @property
     def activity(self):
@@ -157,6 +163,16 @@ cdef class Relay:
     @property
     def copied(self):
         return self.r.dir[0].copied + self.r.dir[1].copied
+
+    @property
+    def received(self):
+        """Bytes read from a (the client) and delivered to b."""
+        return self.r.dir[0].spliced + self.r.dir[0].copied
+
+    @property
+    def sent(self):
+        """Bytes read from b (the upstream) and delivered to a."""
+        return self.r.dir[1].spliced + self.r.dir[1].copied
 
     @property
     def error(self):

@@ -106,6 +106,10 @@ static void release_cb(void *cb_data, void *ref)
 
 /* A request-line limit for the next world_init (0: the default). */
 static uint32_t g_max_line;
+/* Observability settings for the next world_init (series_*, records*,
+ * tracing, trace_sampling; the rest is ignored). */
+static h1_config g_obs;
+#define SERIES_BASE 256
 
 static int world_init(world *w, uint32_t buffer, int detect)
 {
@@ -124,6 +128,12 @@ static int world_init(world *w, uint32_t buffer, int detect)
     w->cfg.route = route_cb;
     w->cfg.release = release_cb;
     w->cfg.cb_data = w;
+    w->cfg.series_base = g_obs.series_base;
+    w->cfg.series_max = g_obs.series_max;
+    w->cfg.records = g_obs.records;
+    w->cfg.records_cap = g_obs.records_cap;
+    w->cfg.tracing = g_obs.tracing;
+    w->cfg.trace_sampling = g_obs.trace_sampling;
     w->e = h1_engine_new(&w->cfg);
     if (!w->e)
         return -1;
@@ -1255,6 +1265,425 @@ out:
     return ok;
 }
 
+
+/* ---- observability ---------------------------------------------------------------------- */
+
+static uint64_t *series_at(world *w, int i)
+{
+    return w->counters + SERIES_BASE + i * H1_SERIES_SLOTS;
+}
+
+static uint64_t sum_range(const uint64_t *s, int from, int n)
+{
+    uint64_t t = 0;
+    int i;
+
+    for (i = 0; i < n; i++)
+        t += s[from + i];
+    return t;
+}
+
+/* The value of the LAST field `name` in text (name lower case, as sent),
+ * copied into out; 0 when absent. */
+static int hdr_last(const char *text, const char *name, char *out, size_t cap)
+{
+    char pat[64];
+    const char *p, *last = NULL, *end;
+    size_t n;
+
+    snprintf(pat, sizeof(pat), "\r\n%s: ", name);
+    for (p = text; (p = strstr(p, pat)); p++)
+        last = p;
+    if (!last)
+        return 0;
+    last += strlen(pat);
+    end = strstr(last, "\r\n");
+    n = end ? (size_t)(end - last) : strlen(last);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, last, n);
+    out[n] = 0;
+    return 1;
+}
+
+static void obs_reset(void)
+{
+    memset(&g_obs, 0, sizeof(g_obs));
+}
+
+static int case_series(void)
+{
+    world w;
+    uint64_t *s;
+    int ok = 0, i;
+
+    obs_reset();
+    g_obs.series_base = SERIES_BASE;
+    g_obs.series_max = 5;
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    obs_reset();
+    w.handler = h_simple;
+    w.resp = OK5;
+    client_send(&w, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAIT(&w, count_of(cin(&w), "hello") == 1, 2000);
+    client_send(&w, "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    WAIT(&w, count_of(cin(&w), "hello") == 2, 2000);
+    client_send(&w, "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "5\r\n12345\r\n7\r\n1234567\r\n0\r\n\r\n");
+    WAIT(&w, count_of(cin(&w), "hello") == 3, 2000);
+    s = series_at(&w, 0);
+    CHECK(s[H1_S_KEY] == H1_KEY_HTTP(LB, CB, 0, 200), "key %llx", (unsigned long long)s[0]);
+    CHECK(s[H1_S_REQUESTS] == 3, "requests %llu", (unsigned long long)s[H1_S_REQUESTS]);
+    CHECK(sum_range(s, H1_S_DURATION, H1_DURATION_BUCKETS) == 3, "duration buckets");
+    CHECK(s[H1_S_DURATION_SUM] > 0, "duration sum");
+    /* request bodies 0, 3, 12: buckets <=1, <=10, <=100 */
+    CHECK(s[H1_S_REQUEST_BYTES] == 1 && s[H1_S_REQUEST_BYTES + 1] == 1 && s[H1_S_REQUEST_BYTES + 2] == 1,
+          "request bytes buckets %llu %llu %llu", (unsigned long long)s[23], (unsigned long long)s[24],
+          (unsigned long long)s[25]);
+    CHECK(s[H1_S_REQUEST_SUM] == 15, "request sum %llu", (unsigned long long)s[H1_S_REQUEST_SUM]);
+    CHECK(s[H1_S_RESPONSE_BYTES + 1] == 3 && s[H1_S_RESPONSE_SUM] == 15, "response bytes");
+    for (i = 43; i < H1_SERIES_SLOTS; i++)
+        CHECK(!s[i], "reserved slot %d", i);
+    CHECK(!series_at(&w, 1)[0], "one series so far");
+    /* a local 404 NR: cluster block 0, its own series */
+    w.route.action = H1_ACT_RESPOND;
+    w.route.status = 404;
+    w.route.reason.ptr = "Not Found";
+    w.route.reason.len = 9;
+    w.route.body.ptr = "no route\n";
+    w.route.body.len = 9;
+    w.route.flags = H1_F_NR;
+    client_send(&w, "GET /nr HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAIT(&w, count_of(cin(&w), "404") == 1, 2000);
+    s = series_at(&w, 1);
+    CHECK(s[H1_S_KEY] == H1_KEY_HTTP(LB, 0, H1_F_NR, 404), "local key %llx", (unsigned long long)s[0]);
+    CHECK(s[H1_S_REQUESTS] == 1 && s[H1_S_RESPONSE_SUM] == 9, "local series");
+    /* upstream refused: 503 UF on the cluster */
+    w.route.action = H1_ACT_PROXY;
+    w.route.flags = 0;
+    w.route.upstream.port = 1;
+    client_send(&w, "GET /uf HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAIT(&w, count_of(cin(&w), " 503 ") == 1, 2000);
+    CHECK(series_at(&w, 2)[0] == H1_KEY_HTTP(LB, CB, H1_F_UF, 503), "UF key %llx",
+          (unsigned long long)series_at(&w, 2)[0]);
+    /* a parse error: 400 DPE, no cluster, and the connection closes */
+    client_send(&w, "GET / HTTP/1.1\r\nBad Header: v\r\n\r\n");
+    WAIT(&w, w.closed, 2000);
+    CHECK(series_at(&w, 3)[0] == H1_KEY_HTTP(LB, 0, H1_F_DPE, 400), "DPE key %llx",
+          (unsigned long long)series_at(&w, 3)[0]);
+    CHECK(w.counters[H1_G_SERIES_OVERFLOW] == 0, "no overflow yet");
+    /* the TCP kind through the same allocator; then the cap */
+    CHECK(h1_engine_series_slot(w.e, H1_KEY_TCP(LB, CB)) == SERIES_BASE + 4 * H1_SERIES_SLOTS, "tcp slot");
+    CHECK(h1_engine_series_slot(w.e, H1_KEY_TCP(LB, CB)) == SERIES_BASE + 4 * H1_SERIES_SLOTS, "same slot");
+    CHECK(h1_engine_series_slot(w.e, H1_KEY_HTTP(LB, CB, 0, 200)) == SERIES_BASE, "http slot");
+    CHECK(h1_engine_series_slot(w.e, H1_KEY_TCP(LB, 0)) == -1, "past the cap");
+    CHECK(w.counters[H1_G_SERIES_OVERFLOW] == 1, "overflow counted");
+    CHECK(h1_engine_series_slot(w.e, 0) == -1, "key 0");
+    ok = 1;
+out:
+    world_free(&w);
+    obs_reset();
+    return ok;
+}
+
+static int route_none(void *cb_data, void *conn_user, const char *buf, const http1_parser *p,
+                      const http1_framing *f, h1_route *out)
+{
+    return -1;
+}
+
+static int case_series_adopt(void)
+{
+    uint64_t ctr[1024];
+    h1_config cfg;
+    h1_engine *e = NULL, *e2 = NULL;
+    int ok = 0;
+    int64_t a, b;
+
+    memset(ctr, 0, sizeof(ctr));
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.counters = ctr;
+    cfg.counters_len = 1024;
+    cfg.route = route_none;
+    cfg.series_base = 1024 - 3 * H1_SERIES_SLOTS;
+    cfg.series_max = 100; /* clamped to the 3 that fit */
+    e = h1_engine_new(&cfg);
+    CHECK(e, "new");
+    a = h1_engine_series_slot(e, H1_KEY_TCP(16, 32));
+    b = h1_engine_series_slot(e, H1_KEY_HTTP(16, 32, 0, 200));
+    CHECK(a == cfg.series_base && b == a + H1_SERIES_SLOTS, "slots %lld %lld", (long long)a, (long long)b);
+    ctr[a + H1_S_TCP_RX] = 77;
+    h1_engine_free(e);
+    e = NULL;
+    /* a restarted worker: the series are adopted, counts kept */
+    ctr[cfg.series_base + 2 * H1_SERIES_SLOTS + 5] = 99; /* junk in the unused series: zeroed on use */
+    e2 = h1_engine_new(&cfg);
+    CHECK(e2, "new again");
+    CHECK(h1_engine_series_slot(e2, H1_KEY_HTTP(16, 32, 0, 200)) == b, "adopted http");
+    CHECK(h1_engine_series_slot(e2, H1_KEY_TCP(16, 32)) == a && ctr[a + H1_S_TCP_RX] == 77, "adopted tcp");
+    CHECK(h1_engine_series_slot(e2, H1_KEY_TCP(16, 48)) == b + H1_SERIES_SLOTS, "next one after");
+    CHECK(ctr[b + H1_SERIES_SLOTS + 5] == 0 && ctr[b + H1_SERIES_SLOTS] == H1_KEY_TCP(16, 48), "zeroed, key");
+    CHECK(h1_engine_series_slot(e2, H1_KEY_TCP(16, 64)) == -1 && ctr[H1_G_SERIES_OVERFLOW] == 1, "capped at 3");
+    /* a base past the region: no series at all */
+    cfg.series_base = 2000;
+    h1_engine_free(e2);
+    e2 = h1_engine_new(&cfg);
+    CHECK(e2 && h1_engine_series_slot(e2, H1_KEY_TCP(16, 32)) == -1, "no area");
+    ok = 1;
+out:
+    h1_engine_free(e);
+    h1_engine_free(e2);
+    return ok;
+}
+
+static h1_record *take1(world *w)
+{
+    h1_record *r = NULL;
+
+    return h1_engine_records(w->e, &r, 1) == 1 ? r : NULL;
+}
+
+#define REC_STR(r, f, n) ((int)(r)->n), (r)->f
+
+static int case_records(void)
+{
+    world w;
+    h1_record *r = NULL, *rs[8];
+    char rid[80], up[64];
+    uint64_t now;
+    int ok = 0;
+    unsigned n;
+
+    obs_reset();
+    g_obs.records = 1;
+    g_obs.records_cap = 2;
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    obs_reset();
+    w.handler = h_simple;
+    w.resp = OK5;
+    client_send(&w, "POST /r?q=1 HTTP/1.1\r\nHost: svc.example:8080\r\nUser-Agent: curl/8\r\n"
+                    "Content-Length: 4\r\n\r\nbody");
+    WAIT(&w, count_of(cin(&w), "hello") == 1, 2000);
+    CHECK((r = take1(&w)), "one record");
+    CHECK(!take1(&w), "only one");
+    now = (uint64_t)time(NULL) * 1000000u;
+    CHECK(r->start_us > now - 10000000u && r->start_us < now + 10000000u, "start %llu", (unsigned long long)r->start_us);
+    CHECK(r->duration_us > 0 && r->duration_us < 5000000u, "duration");
+    CHECK(r->status == 200 && r->flags == 0 && r->bytes_received == 4 && r->bytes_sent == 5, "numbers");
+    CHECK(r->cluster_block == CB && r->listener_block == LB && r->minor == 1, "blocks");
+    CHECK(r->method_len == 4 && !memcmp(r->method, "POST", 4), "method");
+    CHECK(r->path_len == 6 && !memcmp(r->path, "/r?q=1", 6), "path %.*s", REC_STR(r, path, path_len));
+    CHECK(r->authority_len == 16 && !memcmp(r->authority, "svc.example:8080", 16), "authority");
+    CHECK(r->ua_len == 6 && !memcmp(r->ua, "curl/8", 6), "ua");
+    CHECK(hdr_last(sin0(&w), "x-request-id", rid, sizeof(rid)), "rid forwarded");
+    CHECK(r->rid_len == 36 && !memcmp(r->rid, rid, 36), "rid %.*s vs %s", REC_STR(r, rid, rid_len), rid);
+    snprintf(up, sizeof(up), "127.0.0.1:%u", w.up_addr.port);
+    CHECK(r->upstream_len == strlen(up) && !memcmp(r->upstream, up, strlen(up)), "upstream %.*s",
+          REC_STR(r, upstream, upstream_len));
+    CHECK(r->peer_len > 10 && !memcmp(r->peer, "127.0.0.1:", 10), "peer %.*s", REC_STR(r, peer, peer_len));
+    CHECK(r->odst_len == 0 && !r->traced, "no odst, not traced");
+    h1_engine_records_release(w.e, &r, 1);
+    r = NULL;
+    /* a received x-request-id is recorded as received; a long path is cut */
+    {
+        char req[1200];
+
+        memset(req, 0, sizeof(req));
+        strcpy(req, "GET /");
+        memset(req + 5, 'p', 700);
+        strcat(req, " HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc-123\r\n\r\n");
+        client_send(&w, req);
+    }
+    WAIT(&w, count_of(cin(&w), "hello") == 2, 2000);
+    CHECK((r = take1(&w)), "record 2");
+    CHECK(r->rid_len == 7 && !memcmp(r->rid, "abc-123", 7), "received rid");
+    CHECK(r->path_len == H1_REC_PATH && r->ua_len == 0, "path cut to %u", r->path_len);
+    h1_engine_records_release(w.e, &r, 1);
+    r = NULL;
+    /* cap 2: the third undrained request is dropped and counted */
+    client_send(&w, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAIT(&w, count_of(cin(&w), "hello") == 3, 2000);
+    client_send(&w, "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAIT(&w, count_of(cin(&w), "hello") == 4, 2000);
+    client_send(&w, "GET /3 HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAIT(&w, count_of(cin(&w), "hello") == 5, 2000);
+    CHECK(w.counters[H1_G_RECORDS_DROPPED] == 1, "dropped %llu", (unsigned long long)w.counters[H1_G_RECORDS_DROPPED]);
+    n = h1_engine_records(w.e, rs, 8);
+    CHECK(n == 2 && rs[0]->path[1] == '1' && rs[1]->path[1] == '2', "oldest first (%u)", n);
+    h1_engine_records_release(w.e, rs, n);
+    /* a local response, then a downstream reset mid-exchange (status 0, DC) */
+    w.route.action = H1_ACT_RESPOND;
+    w.route.status = 204;
+    w.route.reason.ptr = "No Content";
+    w.route.reason.len = 10;
+    client_send(&w, "GET /local HTTP/1.0\r\n\r\n");
+    WAIT(&w, strstr(cin(&w), " 204 "), 2000);
+    CHECK((r = take1(&w)), "local record");
+    CHECK(r->status == 204 && r->cluster_block == 0 && r->upstream_len == 0 && r->minor == 0, "local %u", r->status);
+    h1_engine_records_release(w.e, &r, 1);
+    r = NULL;
+    ok = 1;
+out:
+    world_free(&w);
+    obs_reset();
+    return ok;
+}
+
+static int case_records_reset(void)
+{
+    world w;
+    h1_record *r = NULL;
+    int ok = 0;
+
+    obs_reset();
+    g_obs.records = 1;
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    obs_reset();
+    w.handler = h_simple;
+    w.resp = NULL; /* the upstream never answers */
+    client_send(&w, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAIT(&w, w.nsc && w.sc[0]->in_len, 2000);
+    tk_sock_abort(w.cfd);
+    w.cfd = -1;
+    WAIT(&w, w.closed, 2000);
+    CHECK((r = take1(&w)), "record of the reset request");
+    CHECK(r->status == 0 && (r->flags & H1_F_DC), "status %u flags %x", r->status, r->flags);
+    h1_engine_records_release(w.e, &r, 1);
+    ok = 1;
+out:
+    world_free(&w);
+    obs_reset();
+    return ok;
+}
+
+/* The forwarded head of the last request, and its record. */
+static int traced(world *w, const char *req, int nth, h1_record **r)
+{
+    client_send(w, req);
+    WAIT(w, count_of(cin(w), "hello") == nth, 2000);
+    *r = take1(w);
+    return count_of(cin(w), "hello") == nth && *r;
+}
+
+static void hex8(const uint8_t *b, size_t n, char *out)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        sprintf(out + 2 * i, "%02x", b[i]);
+}
+
+static int case_trace(void)
+{
+    world w;
+    h1_record *r = NULL;
+    char v[100], span[24], tid[40], par[24], want[100];
+    int ok = 0;
+
+    obs_reset();
+    g_obs.records = 1;
+    g_obs.tracing = 1;
+    g_obs.trace_sampling = 0;
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    obs_reset();
+    w.handler = h_simple;
+    w.resp = OK5;
+    /* W3C: same trace, new span, flags kept; tracestate untouched; no B3 added */
+    CHECK(traced(&w, "GET / HTTP/1.1\r\nHost: x\r\n"
+                     "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+                     "tracestate: k=v\r\n\r\n", 1, &r), "w3c");
+    CHECK(hdr_last(sin0(&w), "traceparent", v, sizeof(v)), "traceparent forwarded");
+    hex8(r->span_id, 8, span);
+    snprintf(want, sizeof(want), "00-4bf92f3577b34da6a3ce929d0e0e4736-%s-01", span);
+    CHECK(!strcmp(v, want) && strcmp(span, "00f067aa0ba902b7"), "traceparent %s, span %s", v, span);
+    CHECK(count_of(sin0(&w), "traceparent") == 1 && strstr(sin0(&w), "\r\ntracestate: k=v\r\n"), "one traceparent");
+    CHECK(!strstr(sin0(&w), "x-b3-"), "no B3 added: %s", sin0(&w));
+    hex8(r->trace_id, 16, tid);
+    hex8(r->parent_id, 8, par);
+    CHECK(r->traced && r->has_parent && r->sampled && !strcmp(tid, "4bf92f3577b34da6a3ce929d0e0e4736") &&
+          !strcmp(par, "00f067aa0ba902b7"), "record %s %s", tid, par);
+    h1_engine_records_release(w.e, &r, 1);
+    /* B3 multi, 16-hex trace id: kept as received, padded in the record */
+    CHECK(traced(&w, "GET / HTTP/1.1\r\nHost: x\r\nX-B3-TraceId: 463ac35c9f6413ad\r\n"
+                     "X-B3-SpanId: a2fb4a1d1a96d312\r\nX-B3-Sampled: 1\r\n\r\n", 2, &r), "b3 multi");
+    hex8(r->span_id, 8, span);
+    hex8(r->trace_id, 16, tid);
+    CHECK(!strcmp(tid, "0000000000000000463ac35c9f6413ad") && r->sampled, "trace %s", tid);
+    CHECK(hdr_last(sin0(&w), "X-B3-TraceId", v, sizeof(v)) && !strcmp(v, "463ac35c9f6413ad"), "traceid %s", v);
+    CHECK(hdr_last(sin0(&w), "X-B3-SpanId", v, sizeof(v)) && !strcmp(v, span), "spanid %s vs %s", v, span);
+    CHECK(hdr_last(sin0(&w), "x-b3-parentspanid", v, sizeof(v)) && !strcmp(v, "a2fb4a1d1a96d312"), "parent %s", v);
+    CHECK(hdr_last(sin0(&w), "X-B3-Sampled", v, sizeof(v)) && !strcmp(v, "1"), "sampled as received");
+    CHECK(count_of(sin0(&w), "traceparent") == 1, "no traceparent added");
+    h1_engine_records_release(w.e, &r, 1);
+    /* B3 single with a parent: rewritten as {trace}-{new}-{sampled}-{incoming span} */
+    CHECK(traced(&w, "GET / HTTP/1.1\r\nHost: x\r\n"
+                     "b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90\r\n\r\n", 3, &r),
+          "b3 single");
+    hex8(r->span_id, 8, span);
+    snprintf(want, sizeof(want), "80f198ee56343ba864fe8b2a57d3eff7-%s-1-e457b5a2e4d86bd1", span);
+    CHECK(hdr_last(sin0(&w), "b3", v, sizeof(v)) && !strcmp(v, want), "b3 %s want %s", v, want);
+    hex8(r->parent_id, 8, par);
+    CHECK(r->sampled && !strcmp(par, "e457b5a2e4d86bd1"), "b3 record");
+    h1_engine_records_release(w.e, &r, 1);
+    /* none, sampling 0: a new unsampled trace, W3C and B3 alike */
+    CHECK(traced(&w, "GET / HTTP/1.1\r\nHost: x\r\ntraceparent: garbage\r\n\r\n", 4, &r), "new");
+    hex8(r->span_id, 8, span);
+    hex8(r->trace_id, 16, tid);
+    snprintf(want, sizeof(want), "00-%s-%s-00", tid, span);
+    CHECK(hdr_last(sin0(&w), "traceparent", v, sizeof(v)) && !strcmp(v, want), "new traceparent %s / %s", v, want);
+    {
+        const char *last = sin0(&w), *q;
+
+        while ((q = strstr(last + 1, "GET / HTTP/1.1")))
+            last = q;
+        CHECK(!strncmp(last, "GET / HTTP/1.1\r\nHost: x\r\ntraceparent: 00-", 41) && count_of(last, "traceparent") == 1,
+              "garbage replaced in place: %s", last);
+    }
+    CHECK(hdr_last(sin0(&w), "x-b3-traceid", v, sizeof(v)) && !strcmp(v, tid), "b3 traceid");
+    CHECK(hdr_last(sin0(&w), "x-b3-spanid", v, sizeof(v)) && !strcmp(v, span), "b3 spanid");
+    CHECK(hdr_last(sin0(&w), "x-b3-sampled", v, sizeof(v)) && !strcmp(v, "0"), "b3 sampled 0");
+    CHECK(!r->has_parent && !r->sampled, "root, not sampled");
+    h1_engine_records_release(w.e, &r, 1);
+    ok = 1;
+out:
+    world_free(&w);
+    obs_reset();
+    return ok;
+}
+
+static int case_trace_sampling(void)
+{
+    world w;
+    h1_record *r = NULL;
+    char v[100], span[24], tid[40], want[100];
+    int ok = 0, i, sampled = 0;
+
+    obs_reset();
+    g_obs.records = 1;
+    g_obs.tracing = 1;
+    g_obs.trace_sampling = 100.0;
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    obs_reset();
+    w.handler = h_simple;
+    w.resp = OK5;
+    for (i = 1; i <= 20; i++) {
+        CHECK(traced(&w, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", i, &r), "request %d", i);
+        hex8(r->span_id, 8, span);
+        hex8(r->trace_id, 16, tid);
+        snprintf(want, sizeof(want), "00-%s-%s-01", tid, span);
+        CHECK(hdr_last(sin0(&w), "traceparent", v, sizeof(v)) && !strcmp(v, want), "%s / %s", v, want);
+        CHECK(hdr_last(sin0(&w), "x-b3-sampled", v, sizeof(v)) && !strcmp(v, "1"), "b3 sampled 1");
+        sampled += r->sampled;
+        h1_engine_records_release(w.e, &r, 1);
+    }
+    CHECK(sampled == 20, "all sampled at 100%%");
+    ok = 1;
+out:
+    world_free(&w);
+    obs_reset();
+    return ok;
+}
+
 /* ---- bench ---------------------------------------------------------------------------- */
 
 static int bench(int n)
@@ -1263,9 +1692,20 @@ static int bench(int n)
     int i;
     double t0, c0, dt, dc;
     char req[] = "GET /bench HTTP/1.1\r\nHost: x\r\n\r\n";
+    h1_record *recs[64];
+    int obs = getenv("H1_BENCH_OBS") != NULL; /* series + records + tracing on */
 
+    obs_reset();
+    if (obs) {
+        g_obs.series_base = SERIES_BASE;
+        g_obs.series_max = 5;
+        g_obs.records = 1;
+        g_obs.tracing = 1;
+        g_obs.trace_sampling = 1.0;
+    }
     if (world_init(&w, 0, 0) != 0)
         return 1;
+    obs_reset();
     w.handler = h_simple;
     w.resp = OK5;
     client_send(&w, req);
@@ -1280,6 +1720,11 @@ static int bench(int n)
         if (w.cin_len < sizeof(OK5) - 1) {
             fprintf(stderr, "stalled at %d\n", i);
             break;
+        }
+        if (obs) {
+            unsigned k = h1_engine_records(w.e, recs, 64);
+
+            h1_engine_records_release(w.e, recs, k);
         }
     }
     dt = tk_now() - t0;
@@ -1318,6 +1763,12 @@ static const tk_timed_case cases[] = {
     { "close_conn: RST, released, not reported", case_close_conn_and_free },
     { "pooled conn closed by upstream: evicted; idle timeout", case_pool_eviction },
     { "invalid response -> 502, connection survives", case_bad_gateway },
+    { "series: layout, keys (local, UF, DPE), tcp, cap", case_series },
+    { "series: clamp, adoption after restart, overflow", case_series_adopt },
+    { "records: fields, request id, cut, drops, local", case_records },
+    { "records: downstream reset -> status 0, DC", case_records_reset },
+    { "trace: traceparent, B3 multi/single, new (0%)", case_trace },
+    { "trace: sampling 100% on new traces", case_trace_sampling },
 };
 
 int main(int argc, char **argv)

@@ -618,21 +618,27 @@ out:
 static int case_counters(void)
 {
     rig g;
-    fp_counter up_rx = 0, total = 1000;
+    fp_counter up_rx = 0, total = 1000, tcp_rx = 7, tcp_tx = 0;
     const uint64_t ab = 3 * MiB + 1, ba = 5 * MiB + 2;
     int ok = 0;
 
     CHECK(rig_setup(&g, T_TCP, 64 * KiB) == 0, "setup: %s", strerror(errno));
-    /* dir 0 has only the shared slot (ctr[0] NULL); dir 1 has its own too. */
+    CHECK(!g.r.dir[0].ctr[2] && !g.r.dir[1].ctr[2], "init left a series counter set");
+    /* dir 0 has only the shared slot (ctr[0] NULL); dir 1 has its own too;
+     * the third pointer (the TCP series) in both. */
     g.r.dir[0].ctr[1] = &total;
+    g.r.dir[0].ctr[2] = &tcp_rx;
     g.r.dir[1].ctr[0] = &up_rx;
     g.r.dir[1].ctr[1] = &total;
+    g.r.dir[1].ctr[2] = &tcp_tx;
     two_way(&g, ab, ba);
     CHECK(rig_run(&g, all_done, 60), "timeout: result 0x%x", g.result);
     CHECK_DELIVERED(&g);
     CHECK(up_rx == ba, "up_rx %llu != %llu", (unsigned long long)up_rx, (unsigned long long)ba);
     CHECK(total == 1000 + ab + ba, "total %llu != %llu", (unsigned long long)total,
           (unsigned long long)(1000 + ab + ba));
+    CHECK(tcp_rx == 7 + ab && tcp_tx == ba, "series %llu %llu", (unsigned long long)tcp_rx,
+          (unsigned long long)tcp_tx);
     CHECK(g.r.dir[0].spliced + g.r.dir[0].copied == ab && g.r.dir[1].spliced + g.r.dir[1].copied == ba,
           "spliced+copied do not add up");
     DETAIL("shared slot +%llu, dir slot +%llu", (unsigned long long)(ab + ba), (unsigned long long)ba);
