@@ -31,8 +31,12 @@ cdef extern from *:
     { return __atomic_load_n(p, __ATOMIC_RELAXED); }
     static inline void fp_pyshm_store(uint64_t *p, uint64_t v)
     { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+    /* Pairs with the writer's release store of a series KEY. */
+    static inline uint64_t fp_pyshm_load_acquire(const uint64_t *p)
+    { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
     """
     uint64_t _load "fp_pyshm_load" (const uint64_t *p) nogil
+    uint64_t _load_acquire "fp_pyshm_load_acquire" (const uint64_t *p) nogil
     void _store "fp_pyshm_store" (uint64_t *p, uint64_t v) nogil
 
 
@@ -422,11 +426,13 @@ cdef class CounterSegment:
         self._nviews += 1
         return v
 
-    def sum(self):
-        """Per-slot sums over all workers: a list of nslots ints."""
-        cdef Py_ssize_t i, n = <Py_ssize_t>self._nslots
+    def sum(self, Py_ssize_t n=-1):
+        """Per-slot sums over all workers: a list of the first n slots (all nslots by default)."""
+        cdef Py_ssize_t i
         cdef uint64_t *out
         self._check_open()
+        if n < 0 or n > <Py_ssize_t>self._nslots:
+            n = <Py_ssize_t>self._nslots
         out = <uint64_t *>PyMem_Malloc(<size_t>(n if n > 0 else 1) * sizeof(uint64_t))
         if out == NULL:
             raise MemoryError()
@@ -545,6 +551,27 @@ cdef class CounterView:
     cpdef void set(self, Py_ssize_t slot, unsigned long long v) except *:
         self._check(slot)
         _store(&self._slots[slot], v)
+
+    def series(self, Py_ssize_t base, Py_ssize_t count, Py_ssize_t width):
+        """The used series of a series area (see stats/names.py): for i in
+        0..count-1 while the slot base + i*width (the KEY) is nonzero, a tuple
+        of the width slots of series i, KEY first. The KEY is read with an
+        acquire load, so the rest of a series seen is the writer's, not stale."""
+        cdef Py_ssize_t i, j, at
+        cdef uint64_t key
+        cdef list out = []
+        if width < 1 or base < 0 or count < 0:
+            raise ValueError("series: base and count must be >= 0, width >= 1")
+        if count > 0 and <size_t>(base + count * width) > <size_t>self._nslots:
+            raise IndexError(f"series area {base}+{count}x{width} beyond {self._nslots} slots")
+        self._check(0)
+        for i in range(count):
+            at = base + i * width
+            key = _load_acquire(&self._slots[at])
+            if key == 0:
+                break
+            out.append((key,) + tuple([_load(&self._slots[at + j]) for j in range(1, width)]))
+        return out
 
     @property
     def address(self):

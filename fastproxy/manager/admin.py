@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import orjson
 
+from ..stats import prometheus
 from .http import Response
 
 JSON = "application/json"
@@ -23,7 +24,7 @@ class AdminApi:
     def __init__(self, manager):
         self.m = manager
 
-    async def admin(self, method: str, path: str, query: dict, body: bytes) -> Response:
+    async def admin(self, method: str, path: str, query: dict, body: bytes, headers: dict) -> Response:
         m = self.m
         if path == "/ready":
             ready, why = m.readiness()
@@ -31,7 +32,7 @@ class AdminApi:
         if path == "/healthz":
             return Response(200, "OK\n")
         if path == "/stats/prometheus" or path == "/stats":
-            return self._metrics()
+            return self._metrics(headers)
         if path == "/config_dump":
             return _json(200, m.config_dump())
         if path == "/workers":
@@ -53,16 +54,24 @@ class AdminApi:
             return Response(200, "OK\n")
         return Response(404, f"no such admin path: {path}\n")
 
-    async def stats_port(self, method: str, path: str, query: dict, body: bytes) -> Response:
+    async def stats_port(self, method: str, path: str, query: dict, body: bytes, headers: dict) -> Response:
         if path == "/stats/prometheus":
-            return self._metrics()
+            return self._metrics(headers)
         return Response(404, "try /stats/prometheus\n")
 
-    async def health_port(self, method: str, path: str, query: dict, body: bytes) -> Response:
+    async def merged_port(self, method: str, path: str, query: dict, body: bytes, headers: dict) -> Response:
+        """15020: our metrics followed by the app's, when the app declares a scrape port."""
+        if path == "/stats/prometheus":
+            text, content_type = await self.m.render_merged_metrics(headers.get("accept"), headers)
+            return Response(200, text, content_type)
+        return Response(404, "try /stats/prometheus\n")
+
+    async def health_port(self, method: str, path: str, query: dict, body: bytes, headers: dict) -> Response:
         if path == "/healthz/ready":
             ready, why = self.m.readiness()
             return Response(200 if ready else 503, "" if ready else f"{why}\n")
         return Response(404, "try /healthz/ready\n")
 
-    def _metrics(self) -> Response:
-        return Response(200, self.m.render_metrics(), "text/plain; version=0.0.4; charset=utf-8")
+    def _metrics(self, headers: dict) -> Response:
+        content_type = prometheus.negotiate(headers.get("accept"))
+        return Response(200, self.m.render_metrics(content_type), content_type)

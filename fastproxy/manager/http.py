@@ -1,7 +1,8 @@
 """A small HTTP/1.1 server for the admin and metrics ports (never on the data path).
 
 One request per connection (Connection: close), bounded head and body sizes.
-Handlers are async callables (method, path, query, body) -> Response.
+Handlers are async callables (method, path, query, body, headers) -> Response.
+fetch() is the one client: the merged metrics port scrapes the app with it.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class Response:
         return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-Handler = Callable[[str, str, dict, bytes], Awaitable[Response]]
+# (method, path, query, body, headers): header names lowercased, the last value of a repeated one kept.
+Handler = Callable[[str, str, dict, bytes, dict], Awaitable[Response]]
 
 
 async def _read_request(reader: asyncio.StreamReader):
@@ -48,8 +50,11 @@ async def _read_request(reader: asyncio.StreamReader):
         return None, Response(400, "malformed request line\n")
     method, target, _ = parts
     length = 0
+    headers = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
         if sep and name.strip().lower() == "content-length":
             if not value.strip().isdigit():
                 return None, Response(400, "bad Content-Length\n")
@@ -60,7 +65,7 @@ async def _read_request(reader: asyncio.StreamReader):
         return None, Response(413, f"body over {MAX_BODY} bytes\n")
     body = await reader.readexactly(length) if length else b""
     url = urlsplit(target)
-    return (method, url.path, parse_qs(url.query), body), None
+    return (method, url.path, parse_qs(url.query), body, headers), None
 
 
 async def serve(host: str, port: int, handler: Handler) -> asyncio.AbstractServer:
@@ -70,7 +75,7 @@ async def serve(host: str, port: int, handler: Handler) -> asyncio.AbstractServe
                 req, err = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT_S)
             except asyncio.LimitOverrunError:
                 req, err = None, Response(431, "request head too large\n")
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 req, err = None, Response(408, "request not received in time\n")
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
@@ -88,3 +93,66 @@ async def serve(host: str, port: int, handler: Handler) -> asyncio.AbstractServe
             writer.close()
 
     return await asyncio.start_server(on_client, host, port, limit=MAX_HEAD, reuse_address=True)
+
+
+MAX_FETCH = 64 * 1024 * 1024
+
+
+async def fetch(host: str, port: int, path: str, headers: dict[str, str], timeout: float) -> tuple[int, dict, bytes]:
+    """GET http://host:port/path with Connection: close: (status, lowercased headers, body).
+    Raises OSError (incl. timeouts) or ValueError for a response it cannot read."""
+    async def _get():
+        reader, writer = await asyncio.open_connection(host, port, limit=MAX_HEAD)
+        try:
+            head = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close", "User-Agent: fastproxy"]
+            head += [f"{k}: {v}" for k, v in headers.items()]
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            await writer.drain()
+            raw = await reader.readuntil(b"\r\n\r\n")
+            lines = raw.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+                raise ValueError(f"not an HTTP/1 response: {lines[0][:80]!r}")
+            got = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    got[name.strip().lower()] = value.strip()
+            if "chunked" in got.get("transfer-encoding", "").lower():
+                body = await _read_chunked(reader)
+            elif "content-length" in got:
+                n = int(got["content-length"])
+                if n > MAX_FETCH:
+                    raise ValueError(f"response body over {MAX_FETCH} bytes")
+                body = await reader.readexactly(n)
+            else:
+                body = await reader.read(MAX_FETCH + 1)
+                if len(body) > MAX_FETCH:
+                    raise ValueError(f"response body over {MAX_FETCH} bytes")
+            return int(parts[1]), got, body
+        finally:
+            writer.close()
+
+    try:
+        return await asyncio.wait_for(_get(), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"no response from {host}:{port} within {timeout}s") from None
+    except asyncio.IncompleteReadError as e:
+        raise ConnectionError(f"{host}:{port} closed mid-response") from e
+    except asyncio.LimitOverrunError as e:
+        raise ValueError("response head too large") from e
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    out = bytearray()
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip() or b"x", 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":   # trailer fields
+                pass
+            return bytes(out)
+        if len(out) + size > MAX_FETCH:
+            raise ValueError(f"response body over {MAX_FETCH} bytes")
+        out += await reader.readexactly(size)
+        await reader.readexactly(2)

@@ -15,13 +15,20 @@ import signal
 import time
 from collections.abc import Mapping
 
+import psutil
 import uvloop
 
 from .. import __version__
 from ..config.load import load_default, load_text
 from ..config.schema import Config, ConfigError
-from ..stats import prometheus
-from ..stats.names import Metric
+from ..stats import istio, prometheus
+from ..stats.names import (
+    CLUSTER_HEALTHY,
+    G_LOOP_LAG_US,
+    SERIES_WIDTH,
+    Metric,
+    series_area,
+)
 from . import http
 from .admin import AdminApi
 from .lifecycle import watch_app_exit
@@ -33,15 +40,35 @@ log = logging.getLogger("fastproxy.manager")
 # Settings a live reload cannot change: they size segments, processes or admin sockets.
 RESTART_ONLY = ("workers", "admin_address", "admin_port", "stats_port", "merged_metrics_port",
                 "health_port", "table_bytes", "counter_slots", "buffer_bytes",
+                # the counter segment's series area is sized by it
+                "max_series_per_worker",
                 # the HTTP engine is built once per worker with these
                 "http_max_head_bytes", "http_max_headers", "http_max_request_line_bytes",
-                "upstream_pool_max_idle", "upstream_idle_timeout_ms", "http_idle_timeout_s")
+                "upstream_pool_max_idle", "upstream_idle_timeout_ms", "http_idle_timeout_s",
+                # the worker opens its access log and span exporter once
+                "access_log", "access_log_format", "access_log_fields", "access_log_filter",
+                "access_log_sampling", "access_log_buffer_bytes", "tracing", "trace_sampling",
+                "trace_collector", "trace_format", "workload_name", "workload_namespace", "service_name")
 
 M_RESTARTS = Metric("fastproxy_worker_restarts_total", "counter", "Workers restarted after an unplanned exit.")
 M_WORKERS = Metric("fastproxy_workers", "gauge", "Worker processes alive.")
 M_GENERATION = Metric("fastproxy_config_generation", "gauge", "Generation of the published routing table.")
 M_RELOADS = Metric("fastproxy_config_reloads_total", "counter", "Config reloads, by result.")
 M_BUILD = Metric("fastproxy_build_info", "gauge", "Build information.")
+M_LOOP_LAG = Metric("fastproxy_worker_event_loop_lag_seconds", "gauge",
+                    "How late the worker's last periodic tick ran: its event loop's lag.")
+M_RSS = Metric("fastproxy_worker_resident_memory_bytes", "gauge", "Resident memory of the worker process.")
+M_CPU = Metric("fastproxy_worker_cpu_seconds_total", "counter",
+               "CPU time (user + system) of the worker process (restarts from 0 with the process).")
+M_APP_SCRAPE_FAILURES = Metric("fastproxy_app_metrics_scrape_failures_total", "counter",
+                               "Scrapes of the app's metrics (merged on the merged metrics port) that failed.")
+
+# The app's own metrics, merged into the merged metrics port's output when
+# app_metrics_port is set (Istio: the pod's prometheus.io/port and /path).
+APP_METRICS_PORT = "app_metrics_port"
+APP_METRICS_PATH = "app_metrics_path"
+APP_METRICS_TIMEOUT_S = 5.0
+APP_ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 
 MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
 
@@ -61,6 +88,11 @@ class Manager:
         self.shutdown = asyncio.Event()
         self.fatal: str | None = None
         self.file_mtime = self._mtime()
+        self.reporters: dict[int, str] = {}    # listener block -> Istio reporter, kept past removals
+        self.series_cap = istio.SeriesCap(self.settings["max_series_per_worker"] * self.settings["workers"])
+        self.views: list = []                  # CounterView per worker region, for reading series
+        self.procs: dict[int, psutil.Process] = {}
+        self.app_scrape_failures = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -77,12 +109,13 @@ class Manager:
 
     async def _run(self, loop) -> int:
         self.publisher.publish(self.publisher.compile(self.config))
+        self._note_listeners(self.config)
         self._report_reuseport_migration()
         api = AdminApi(self)
         s = self.settings
         try:
             self.servers.append(await http.serve(s["admin_address"], s["admin_port"], api.admin))
-            for port, handler in ((s["stats_port"], api.stats_port), (s["merged_metrics_port"], api.stats_port),
+            for port, handler in ((s["stats_port"], api.stats_port), (s["merged_metrics_port"], api.merged_port),
                                   (s["health_port"], api.health_port)):
                 if port:
                     self.servers.append(await http.serve("0.0.0.0", port, handler))
@@ -174,6 +207,7 @@ class Manager:
             return False, str(e)
         self.config = config
         self.settings = config.settings
+        self._note_listeners(config)
         gen = self.publisher.publish(payload)
         self.reloads["ok"] += 1
         log.info("config reloaded from %s: generation %d", source, gen)
@@ -196,6 +230,11 @@ class Manager:
 
     def _on_sighup(self) -> None:
         self.file_mtime = self._mtime()
+        self.reporters: dict[int, str] = {}    # listener block -> Istio reporter, kept past removals
+        self.series_cap = istio.SeriesCap(self.settings["max_series_per_worker"] * self.settings["workers"])
+        self.views: list = []                  # CounterView per worker region, for reading series
+        self.procs: dict[int, psutil.Process] = {}
+        self.app_scrape_failures = 0
         self.reload_file("SIGHUP")
 
     def _mtime(self) -> int | None:
@@ -227,18 +266,95 @@ class Manager:
     def clusters_dump(self) -> list[dict]:
         return [_plain(c) for c in self.config.clusters]
 
-    def render_metrics(self) -> str:
-        sums = self.publisher.counters.sum()
-        samples = prometheus.samples(sums, self.publisher.slots.blocks)
+    # -- metrics ------------------------------------------------------------------------------
+
+    def _note_listeners(self, config: Config) -> None:
+        """Remembers each listener block's reporter; a removed listener keeps
+        its entry, as its series (and block) outlive it."""
+        blocks = self.publisher.slots.blocks
+        for l in config.listeners:
+            base = blocks.get(("listener", l.name))
+            if base is not None:
+                self.reporters[base] = istio.reporter_of(l)
+
+    def _views(self) -> list:
+        if not self.views:
+            counters = self.publisher.counters
+            self.views = [counters.view(i) for i in range(counters.nworkers)]
+        return self.views
+
+    def _worker_samples(self) -> list:
+        """Per worker: event-loop lag (from its region), RSS and CPU (psutil, by pid)."""
+        out = []
+        views = self._views()
+        alive = set()
+        for w in self.supervisor.describe() if self.supervisor else ():
+            label = {"worker": str(w["id"])}
+            out.append((M_LOOP_LAG, label, views[w["id"]].get(G_LOOP_LAG_US) / 1e6))
+            pid = w["pid"]
+            if not w["alive"] or not pid:
+                continue
+            alive.add(pid)
+            try:
+                proc = self.procs.get(pid) or self.procs.setdefault(pid, psutil.Process(pid))
+                with proc.oneshot():
+                    rss = proc.memory_info().rss
+                    cpu = proc.cpu_times()
+            except psutil.Error:
+                continue
+            out.append((M_RSS, label, rss))
+            out.append((M_CPU, label, cpu.user + cpu.system))
+        for pid in list(self.procs):
+            if pid not in alive:
+                del self.procs[pid]
+        return out
+
+    def render_metrics(self, content_type: str = prometheus.TEXT) -> str:
+        base, nmax = series_area(self.settings)
+        blocks = self.publisher.slots.blocks
+        samples = prometheus.samples(self.publisher.counters.sum(base), blocks)
+        samples += [(CLUSTER_HEALTHY, {"cluster_name": c.name}, len(c.endpoints)) for c in self.config.clusters]
+        series = istio.sum_series(v.series(base, nmax, SERIES_WIDTH) for v in self._views())
+        clusters = {b: name for (kind, name), b in blocks.items() if kind == "cluster"}
+        samples += istio.samples(series, self.reporters, clusters, istio.Identity.from_settings(self.settings),
+                                 self.series_cap)
+        samples += self._worker_samples()
         samples += [
             (M_RESTARTS, {}, self.supervisor.restarts_total if self.supervisor else 0),
             (M_WORKERS, {}, len(self.supervisor.alive()) if self.supervisor else 0),
             (M_GENERATION, {}, self.publisher.generation),
             (M_RELOADS, {"result": "ok"}, self.reloads["ok"]),
             (M_RELOADS, {"result": "rejected"}, self.reloads["rejected"]),
+            (M_APP_SCRAPE_FAILURES, {}, self.app_scrape_failures),
             (M_BUILD, {"version": __version__}, 1),
         ]
-        return prometheus.render(samples)
+        return prometheus.render(samples, content_type)
+
+    async def render_merged_metrics(self, accept: str | None, headers: dict) -> tuple[str, str]:
+        """(body, content type) of the merged metrics port: ours, then the
+        app's when settings.app_metrics_port is set and the app answers."""
+        wanted = prometheus.negotiate(accept)
+        port = self.settings.get(APP_METRICS_PORT, 0)
+        app_text = app_type = None
+        if port:
+            path = self.settings.get(APP_METRICS_PATH) or "/metrics"
+            timeout = APP_METRICS_TIMEOUT_S
+            try:   # Prometheus says how long it waits; answer with ours before that
+                timeout = min(timeout, 0.9 * float(headers.get("x-prometheus-scrape-timeout-seconds", timeout)))
+            except ValueError:
+                pass
+            try:
+                status, got, body = await http.fetch("127.0.0.1", port, path, {"Accept": accept or APP_ACCEPT},
+                                                     timeout)
+                if status != 200:
+                    raise ValueError(f"status {status}")
+                app_text, app_type = body.decode("utf-8", "replace"), got.get("content-type", prometheus.TEXT)
+            except (OSError, ValueError) as e:
+                self.app_scrape_failures += 1
+                log.warning("cannot scrape the app's metrics on 127.0.0.1:%s%s: %s", port, path, e)
+        content_type = prometheus.merged_type(wanted, app_type)
+        ours = self.render_metrics(content_type)
+        return (ours if app_text is None else prometheus.merge(ours, app_text, content_type)), content_type
 
 
 def _plain(obj):

@@ -12,7 +12,7 @@ import re
 from .._native.shm import CounterSegment, TableWriter
 from ..config.schema import Config
 from ..routing.table import compile_table, encode
-from ..stats.names import SlotRegistry
+from ..stats.names import SlotRegistry, region_slots, series_area
 
 log = logging.getLogger("fastproxy.manager")
 
@@ -58,9 +58,12 @@ class Publisher:
     def __init__(self, settings: dict):
         self.table_name, self.counters_name = segment_names(os.getpid())
         self.slots = SlotRegistry(settings["counter_slots"])
+        self.series = series_area(settings)     # (base, max) of every region's series area
         self.writer = TableWriter(self.table_name, settings["table_bytes"])
         try:
-            self.counters = CounterSegment(self.counters_name, settings["workers"], settings["counter_slots"], create=True)
+            # Each region: settings.counter_slots static slots, then the Istio series area.
+            self.counters = CounterSegment(self.counters_name, settings["workers"], region_slots(settings),
+                                           create=True)
         except BaseException:
             self.writer.close()
             raise

@@ -14,7 +14,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ..stats.names import CLUSTER_OPEN_CLOSE_PAIRS, OPEN_CLOSE_PAIRS
+from ..stats.names import (
+    CLUSTER_OPEN_CLOSE_PAIRS,
+    KEY_TCP,
+    OPEN_CLOSE_PAIRS,
+    SERIES_WIDTH,
+    T_CLOSED,
+    T_OPENED,
+)
 
 log = logging.getLogger("fastproxy.manager")
 
@@ -86,6 +93,11 @@ class Supervisor:
             pairs = OPEN_CLOSE_PAIRS if kind == "listener" else CLUSTER_OPEN_CLOSE_PAIRS
             for opened, closed in pairs:
                 view.set(base + closed, view.get(base + opened))
+        # and its Istio TCP series: istio_tcp_connections_closed catches up with opened
+        area, nmax = self.publisher.series
+        for i, s in enumerate(view.series(area, nmax, SERIES_WIDTH)):
+            if s[0] & KEY_TCP:
+                view.set(area + i * SERIES_WIDTH + T_CLOSED, s[T_OPENED])
 
     def alive(self) -> list[WorkerSlot]:
         return [s for s in self.slots if s.proc is not None and s.proc.returncode is None]

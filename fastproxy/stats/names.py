@@ -66,6 +66,57 @@ G_SPANS_DROPPED = 7       # spans dropped by a slow or absent collector
 G_LOOP_LAG_US = 8         # gauge: the worker's last measured event-loop lag
 FIRST_BLOCK = 1  # blocks handed to listeners/clusters start here
 
+# The Istio series area (the contract: /work/stash/obs-spec.md §1-2, csrc/h1proxy.h).
+# Each worker region is [static blocks | series area]: settings.counter_slots
+# static slots (listener/cluster blocks), then max_series_per_worker series of
+# SERIES_WIDTH slots each, allocated in first-use order by the C engine.
+SERIES_WIDTH = 48
+S_KEY = 0                 # packed key (below); 0 = unused, written last (release)
+# HTTP series (kind bit clear)
+S_REQUESTS = 1
+S_DURATION = 2            # 20 non-cumulative buckets, bounds DURATION_BOUNDS_MS
+S_DURATION_SUM_US = 22
+S_REQUEST_BYTES = 23      # 9 non-cumulative buckets, bounds BYTES_BOUNDS
+S_REQUEST_BYTES_SUM = 32
+S_RESPONSE_BYTES = 33     # 9 buckets, BYTES_BOUNDS
+S_RESPONSE_BYTES_SUM = 42
+# TCP series (KEY_TCP set)
+T_OPENED = 1
+T_CLOSED = 2
+T_RX_BYTES = 3            # from downstream: istio_tcp_received_bytes_total
+T_TX_BYTES = 4            # to downstream: istio_tcp_sent_bytes_total
+
+INF = float("inf")
+# Istio's buckets; the last one is +Inf.
+DURATION_BOUNDS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+                      300000, 600000, 1800000, 3600000, INF)
+BYTES_BOUNDS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, INF)
+
+KEY_VALID = 1 << 63
+KEY_TCP = 1 << 62
+
+
+def http_key(listener_block: int, cluster_block: int, flags: int, status: int) -> int:
+    return (KEY_VALID | (listener_block // BLOCK) << 40 | (cluster_block // BLOCK) << 20
+            | (flags & 0xFF) << 10 | (status & 0x3FF))
+
+
+def tcp_key(listener_block: int, cluster_block: int) -> int:
+    return KEY_VALID | KEY_TCP | (listener_block // BLOCK) << 40 | (cluster_block // BLOCK) << 20
+
+
+def series_area(settings) -> tuple[int, int]:
+    """(series_base, series_max) of every worker region, from the settings:
+    the series area starts right after the settings.counter_slots static
+    slots. Workers pass it to HttpEngine(series_base=, series_max=)."""
+    return settings["counter_slots"], settings["max_series_per_worker"]
+
+
+def region_slots(settings) -> int:
+    """Slots per worker region: the static slots plus the series area."""
+    base, n = series_area(settings)
+    return base + n * SERIES_WIDTH
+
 
 @dataclass(frozen=True, slots=True)
 class Metric:
@@ -112,12 +163,18 @@ CLUSTER_METRICS: tuple[tuple[Metric, int, dict[str, str]], ...] = (
     (Metric("fastproxy_cluster_upstream_keepalive_race_replays_total", "counter", "HTTP requests sent again on a new connection because the pooled one closed before any response byte."), C_KA_RACE, {}),
 )
 CLUSTER_ACTIVE = Metric("fastproxy_cluster_upstream_cx_active", "gauge", "Upstream connections open.")
+# Health checks do not exist yet: every configured endpoint counts as healthy.
+CLUSTER_HEALTHY = Metric("fastproxy_cluster_membership_healthy", "gauge", "Endpoints of the cluster taken as healthy (all configured ones, until health checks exist).")
 
 WORKER_METRICS: tuple[tuple[Metric, int], ...] = (
     (Metric("fastproxy_relay_spliced_bytes_total", "counter", "Bytes relayed through splice() (zero copy)."), G_SPLICED_BYTES),
     (Metric("fastproxy_relay_copied_bytes_total", "counter", "Bytes relayed through the read/write fallback."), G_COPIED_BYTES),
     (Metric("fastproxy_accept_errors_total", "counter", "accept() failures (e.g. out of file descriptors)."), G_ACCEPT_ERRORS),
     (Metric("fastproxy_tcp_idle_timeouts_total", "counter", "Relayed connections closed by the idle timeout."), G_IDLE_TIMEOUTS),
+    (Metric("fastproxy_metric_series_overflow_total", "counter", "Requests and TCP connections not recorded in an Istio series because the worker had max_series_per_worker series already."), G_SERIES_OVERFLOW),
+    (Metric("fastproxy_request_records_dropped_total", "counter", "Request records (for access logs and spans) dropped because the engine's ring was full."), G_RECORDS_DROPPED),
+    (Metric("fastproxy_access_log_dropped_total", "counter", "Access log lines dropped because the sink was slow."), G_ACCESS_LOG_DROPPED),
+    (Metric("fastproxy_spans_dropped_total", "counter", "Spans dropped because the collector was slow or absent."), G_SPANS_DROPPED),
 )
 
 # Pairs (opened, closed) whose difference is a gauge of open connections; a
