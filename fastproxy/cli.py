@@ -1,4 +1,4 @@
-"""The command line: fastproxy run | init | explain | inject | webhook | config check|env|dump | --version."""
+"""The command line: fastproxy run | init | explain | status | inject | webhook | config check|env|dump | --version."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,7 @@ from .config.env import CONFIG_FILE_VAR, render_env_help
 from .explain import add_parser as add_explain_parser
 from .inject.cli import add_parsers as add_inject_parsers
 from .interception.cli import add_parser as add_init_parser
+from .status import add_parser as add_status_parser
 
 
 def _config_path(args) -> str | None:
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     add_init_parser(sub)
     add_explain_parser(sub)
+    add_status_parser(sub)
     add_inject_parsers(sub)
     cfg = sub.add_parser("config", help="check, list or dump configuration")
     csub = cfg.add_subparsers(dest="config_command", required=True)

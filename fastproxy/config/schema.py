@@ -67,6 +67,15 @@ def parse_port_list(text: str, path: str = "") -> frozenset[int]:
     return frozenset(ports)
 
 
+def _access_log_fields(text: str, path: str = "") -> str:
+    from ..observe.accesslog import parse_fields   # pure; imported late to keep config light
+    try:
+        parse_fields(text)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
+    return text
+
+
 def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) or 1
 
@@ -111,7 +120,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_series_per_worker", int, 2048, "Cardinality cap: Istio request/TCP series (label combinations) each worker keeps; past it requests are counted in fastproxy_metric_series_overflow_total instead.", minimum=16, maximum=1048576),
     Setting("access_log", str, "", "Access log destination: a file path, /dev/stdout, or empty for none (as Istio's meshConfig.accessLogFile)."),
     Setting("access_log_format", str, "text", "Access log format: text (Envoy's default format line) or json (one object per line).", choices=("text", "json")),
-    Setting("access_log_fields", str, "", "JSON access log: comma-separated field names to write (empty: all). See `fastproxy config env` docs in README for the names."),
+    Setting("access_log_fields", str, "", "JSON access log: comma-separated field names to write (empty: all; the names are listed in fastproxy/observe/accesslog.py JSON_FIELDS and the README).", check=_access_log_fields),
     Setting("access_log_filter", str, "all", "Which requests are logged: all, or errors (status >= 400, or any response flag).", choices=("all", "errors")),
     Setting("access_log_sampling", float, 100.0, "Percentage of requests logged (after the filter).", minimum=0, maximum=100),
     Setting("access_log_buffer_bytes", int, 1048576, "Lines waiting for a slow sink are kept up to this many bytes per worker; past it they are dropped and counted.", minimum=4096),
@@ -119,6 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trace_sampling", float, 1.0, "Percentage of new traces (requests without an incoming sampling decision) that are sampled, as Istio's default 1%.", minimum=0, maximum=100),
     Setting("trace_collector", str, "", "Span collector as host:port (e.g. a Zipkin or OpenTelemetry collector); empty: spans are not exported."),
     Setting("trace_format", str, "zipkin", "Span export format: zipkin (v2 JSON, POST /api/v2/spans) or otlp (OTLP/HTTP JSON, POST /v1/traces).", choices=("zipkin", "otlp")),
+    Setting("app_metrics_port", int, 0, "The app's own Prometheus port: 15020 /stats/prometheus serves the proxy's metrics merged with the app's (as Istio's prometheus.io/port merge). 0: no merge.", minimum=0, maximum=65535),
+    Setting("app_metrics_path", str, "/metrics", "The app's metrics path on app_metrics_port."),
     Setting("app_pid_file", str, "", "For Jobs/CronJobs: a file holding the app's PID (e.g. written by `sh -c 'echo $$ > /run/app/pid; exec APP'` on a shared volume). Once that process has been seen running and is gone, the proxy shuts down as on /quitquitquit (readiness off, drain, exit 0). Checked every second. The proxy must see the app's processes: in Kubernetes set shareProcessNamespace: true. Empty: off."),
 )
 

@@ -6,17 +6,38 @@ per cluster and endpoint, or per connection for passthrough, so a request
 costs one route match, one endpoint pick and a dict lookup. The caches are
 dropped when the table's generation changes (the old decisions stay alive
 while requests still use them: the engine holds a reference).
+
+Observability: with an access log or tracing on, the engine keeps a record
+per finished request and hands each batch to http_records() at the end of
+its run: the access log sink formats and buffers them (written without
+blocking), and the sampled ones are queued for span export. The worker's
+tick (expire) flushes both. Records name listeners and clusters by counter
+block; BlockNames turns those into names, per table generation.
 """
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
 from .._native import h1proxy as native
 from .._native.relay import peer_addr
 from .._native.rewrite import RewriteOps
 from ..interception.flags import INBOUND_PASSTHROUGH_V6
-from ..routing.table import MODE_INBOUND, MODE_TCP, ClusterRoute, ListenerRoute, RouteTable
-from ..stats.names import L_CX_DESTROY
+from ..observe.accesslog import AccessLog
+from ..observe.exporter import SpanExporter
+from ..observe.record import BlockNames
+from ..observe.sink import AccessLogSink
+from ..observe.spans import sampled
+from ..routing.table import (
+    MODE_INBOUND,
+    MODE_TCP,
+    ClusterRoute,
+    ListenerRoute,
+    RouteTable,
+)
+from ..stats.names import L_CX_DESTROY, series_area
+
+log = logging.getLogger("fastproxy.worker")
 
 _HASH = 2654435761   # Knuth's multiplicative hash: consecutive requests spread over the 100 weight slots
 
@@ -35,13 +56,21 @@ class HttpPath:
         self.worker = worker              # .current() -> RouteTable
         self.l4 = l4                      # TCP path: detached connections go there
         self.ctr = counters
+        self.names = BlockNames()
+        self.access_log = _access_log(loop, counters, settings, self.names)   # AccessLogSink or None
+        self.spans = _span_exporter(loop, counters, settings, self.names)     # SpanExporter or None
+        series_base, series_max = series_area(settings)
+        self.records = self.access_log is not None or self.spans is not None
         self.engine = native.HttpEngine(
             loop, self, counters.address, counters.nslots,
             max_head_bytes=settings["http_max_head_bytes"], max_headers=settings["http_max_headers"],
             max_line_bytes=settings["http_max_request_line_bytes"], buffer_bytes=settings["buffer_bytes"],
             pool_max_idle=settings["upstream_pool_max_idle"],
             pool_idle_ms=settings["upstream_idle_timeout_ms"],
-            client_idle_ms=settings["http_idle_timeout_s"] * 1000)
+            client_idle_ms=settings["http_idle_timeout_s"] * 1000,
+            series_base=series_base, series_max=series_max,
+            records=self.records,
+            tracing=bool(settings["tracing"]), trace_sampling=float(settings["trace_sampling"]))
         self.generation = 0
         self.targets: dict = {}           # (cluster, ip, port) -> Target, this generation
         self.seq = 0                      # weighted picks: request number, hashed
@@ -52,17 +81,32 @@ class HttpPath:
     def start(self, table: RouteTable, listener: ListenerRoute, fd: int, dst, detect: bool) -> None:
         """Hands an accepted client socket to the engine."""
         try:
-            peer = peer_addr(fd)[0].encode()
+            ip, port = peer_addr(fd)[:2]
+            peer = ip.encode()
         except OSError:
-            peer = b""
+            ip, port, peer = "", 0, b""
         host = b"" if dst is None else (f"[{dst[0]}]:{dst[1]}" if ":" in dst[0] else f"{dst[0]}:{dst[1]}").encode()
+        # For records only (the engine ignores it otherwise): the client as ip:port.
+        client = (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}").encode() if ip and self.records else b""
         s = table.settings
         try:
             self.engine.add(fd, native.Conn(listener, dst), detect=detect, detect_ms=s["detect_timeout_ms"],
                             listener_block=listener.block, peer=peer, proto=b"http", default_host=host,
-                            request_id=bool(s["generate_request_id"]))
+                            request_id=bool(s["generate_request_id"]), peer_addr=client, original_dst=host)
         except OSError:
             self.l4.unopened(fd, listener.block)
+
+    def http_records(self, records: list) -> None:
+        """A batch of finished requests' records (obs-spec §3 field order), after the engine's run."""
+        table = self.worker.table
+        if table.generation != self.names.generation:
+            self.names.update(table)
+        if self.access_log is not None:
+            self.access_log.write(records)
+        if self.spans is not None:
+            traced = sampled(records)
+            if traced:
+                self.spans.add(traced)
 
     def http_closed(self, conn, requests: int) -> None:
         self.ctr.add(conn.listener.block + L_CX_DESTROY, 1)
@@ -155,7 +199,12 @@ class HttpPath:
     # -- housekeeping -------------------------------------------------------------------
 
     def expire(self) -> None:
+        """The worker's tick: idle connections, and the access log and spans waiting to leave."""
         self.engine.expire()
+        if self.access_log is not None:
+            self.access_log.flush()
+        if self.spans is not None:
+            self.spans.tick()
 
     @property
     def count(self) -> int:
@@ -166,6 +215,37 @@ class HttpPath:
 
     def close(self) -> None:
         self.engine.close()
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
+        if self.spans is not None:
+            self.spans.close()
+            self.spans = None
+
+
+def _access_log(loop, counters, settings: dict, names: BlockNames) -> AccessLogSink | None:
+    if not settings["access_log"]:
+        return None
+    try:
+        fmt = AccessLog(settings["access_log_format"], settings["access_log_fields"],
+                        settings["access_log_filter"], settings["access_log_sampling"], names)
+    except ValueError as e:   # e.g. an unknown field: log every field rather than none
+        log.error("access log: %s; writing every field", e)
+        fmt = AccessLog(settings["access_log_format"], "", settings["access_log_filter"],
+                        settings["access_log_sampling"], names)
+    return AccessLogSink(settings["access_log"], fmt, counters, settings["access_log_buffer_bytes"],
+                         clock=loop.time)
+
+
+def _span_exporter(loop, counters, settings: dict, names: BlockNames) -> SpanExporter | None:
+    if not settings["tracing"] or not settings["trace_collector"]:
+        return None
+    try:
+        return SpanExporter(loop, settings["trace_collector"], settings["trace_format"], counters, names,
+                            settings["workload_name"], settings["workload_namespace"])
+    except ValueError as e:
+        log.error("tracing: %s; spans are not exported", e)
+        return None
 
 
 def _compile_route(route):

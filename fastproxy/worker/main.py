@@ -24,6 +24,7 @@ import uvloop
 
 from .._native.shm import CounterSegment, TableReader
 from ..routing.table import RouteTable
+from ..stats.names import G_LOOP_LAG_US
 from .http import HttpPath
 from .listeners import ListenerSet
 from .tcp import L4Path
@@ -50,6 +51,7 @@ class Worker:
         self.stopping = False
         self.done = loop.create_future()
         self.last_sweep = 0.0
+        self.next_tick = 0.0                # when the tick was due: its lateness is the loop's lag
 
     def current(self) -> RouteTable:
         """The table to use now: one 8-byte load, a re-read only on change."""
@@ -67,6 +69,7 @@ class Worker:
         table = RouteTable.decode(gen, payload)
         self.table = table
         self.generation = gen
+        self.http.names.update(table)   # access-log and span names for TCP lines too
         if not self.stopping:
             self.listeners.reconcile(table.listeners, table.settings["backlog"], strict)
         self.view.set_applied_generation(gen)
@@ -79,19 +82,25 @@ class Worker:
         # The pipe size is fixed for the worker's life: pooled pipes share it.
         self.l4 = L4Path(self.loop, self.view, self, first.settings["buffer_bytes"])
         self.http = self.l4.http = HttpPath(self.loop, self.view, self, self.l4, first.settings)
+        self.l4.log = self.http.access_log      # TCP connections get a line each too
         self._refresh(strict=True)
+        self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        self.next_tick = self.loop.time() + TICK_S
         self.loop.call_later(TICK_S, self._tick)
 
     def _tick(self) -> None:
         if self.done.done():
             return
+        now = self.loop.time()
+        self.view.set(G_LOOP_LAG_US, int(max(0.0, now - self.next_tick) * 1e6))
         try:
             self.current()
         except Exception:  # a bad table must not kill the worker; the manager validated it
             log.exception("worker %d: cannot apply table", self.id)
         self.view.heartbeat()
         self.http.expire()
-        now = self.loop.time()
         idle = self.table.settings["idle_timeout_s"]
         if idle and now - self.last_sweep >= min(1.0, idle / 4):
             self.last_sweep = now
@@ -99,7 +108,7 @@ class Worker:
         if self.stopping and not self.l4.relays and not self.http.count:
             self.done.set_result(None)
             return
-        self.loop.call_later(TICK_S, self._tick)
+        self._schedule_tick()
 
     def stop_accepting(self) -> None:
         if not self.listeners.accepting:

@@ -2,13 +2,22 @@
 
 Per connection, Python does: one generation check, one or two dict lookups,
 and hands the two sockets to the C relay. Bytes never pass through Python.
+
+Every relay (explicit and capture listeners, and the HTTP connections the
+HTTP engine detaches: tunnels, TLS, HTTP/2, opaque) is counted in the Istio
+TCP series of its (listener block, cluster block): opened when the relay
+starts, closed when it ends, and its bytes to and from the client by the C
+relay itself (stats/names.py T_*). The series' base slot comes from the HTTP
+engine, which owns the series area's allocator.
 """
 from __future__ import annotations
 
 import errno
+import time
 
 from .._native import relay as native
 from ..interception.flags import INBOUND_PASSTHROUGH_V6, InitConfig
+from ..observe.record import FLAG_UF
 from ..routing.table import MODE_OUTBOUND, MODE_TCP, ClusterRoute, ListenerRoute
 from ..stats.names import (
     C_CONNECT_FAIL,
@@ -28,6 +37,11 @@ from ..stats.names import (
     L_REFUSED_NO_ROUTE,
     L_RX_BYTES,
     L_TX_BYTES,
+    T_CLOSED,
+    T_OPENED,
+    T_RX_BYTES,
+    T_TX_BYTES,
+    tcp_key,
 )
 
 _CONNECT_FAILED = (native.CLOSED_CONNECT_FAIL, native.CLOSED_CONNECT_TIMEOUT)
@@ -51,6 +65,9 @@ class L4Path:
         self.chunk = chunk
         self.engine = native.Engine(loop, chunk, PIPE_POOL, self)
         self.http = None                    # the HTTP path (worker/http.py), set by the worker
+        self.log = None                     # its access log (observe/sink.py), when one is configured
+        self.series: dict[tuple[int, int], int] = {}   # (listener block, cluster block) -> TCP series base slot
+        self.series_generation = 0
 
     # -- accept ------------------------------------------------------------------
 
@@ -116,6 +133,7 @@ class L4Path:
         lb = listener.block
         src_ip = None
         transparent = False
+        original = dst
         mode = listener.mode
         if mode == MODE_TCP:
             cluster = listener.cluster
@@ -149,25 +167,56 @@ class L4Path:
             ufd, in_progress = native.connect(dst[0], dst[1], src_ip, transparent, TPROXY_MARK)
         except OSError:
             ctr.add(cb + C_CONNECT_FAIL, 1)
+            if self.log is not None:
+                self.log.tcp_closed(time.time_ns() // 1000, 0, 0, 0, lb, cb, _peer(fd), _hostport(original),
+                                    _hostport(dst), FLAG_UF)
             self._unopened(fd, -1, lb, cb)
             return
-        self._start(fd, ufd, in_progress, lb, cb, cluster.connect_timeout)
+        r = self._start(fd, ufd, in_progress, lb, cb, cluster.connect_timeout)
+        if r is not None and self.log is not None:
+            r.log = (time.time_ns() // 1000, _peer(fd), _hostport(original), _hostport(dst))
 
     def tunnel(self, listener: ListenerRoute, fd: int, ufd: int, cb: int) -> None:
         """An HTTP connection upgraded (101) or CONNECTed: splice the rest.
         The HTTP engine counted the upstream connection's opening."""
-        self._start(fd, ufd, False, listener.block, cb, 0.0)
+        r = self._start(fd, ufd, False, listener.block, cb, 0.0)
+        if r is not None and self.log is not None:
+            r.log = (time.time_ns() // 1000, _peer(fd), "", _peer(ufd))
 
-    def _start(self, fd: int, ufd: int, in_progress: bool, lb: int, cb: int, connect_timeout: float) -> None:
+    def _series(self, lb: int, cb: int) -> int:
+        """The base slot of the TCP series of (lb, cb), or -1 past the
+        series cap (the engine then counted the connection as overflow, so
+        a refused key is asked again for each connection)."""
+        gen = self.worker.generation
+        if gen != self.series_generation:   # blocks of removed names go with their generation
+            self.series = {}
+            self.series_generation = gen
+        base = self.series.get((lb, cb))
+        if base is None:
+            base = self.http.engine.series_slot(tcp_key(lb, cb))
+            if base >= 0:
+                self.series[(lb, cb)] = base
+        return base
+
+    def _start(self, fd: int, ufd: int, in_progress: bool, lb: int, cb: int, connect_timeout: float):
+        """Hands the two sockets to the splice engine: the Relay, or None if it could not take them."""
         r = native.Relay(fd, ufd, self.chunk)
-        r.route = (lb, cb)
-        r.set_counters(self.ctr_base, lb + L_RX_BYTES, lb + L_TX_BYTES, cb + C_RX_BYTES, cb + C_TX_BYTES)
+        s = self._series(lb, cb)
+        r.route = (lb, cb, s)
+        if s >= 0:
+            r.set_counters(self.ctr_base, lb + L_RX_BYTES, lb + L_TX_BYTES, cb + C_RX_BYTES, cb + C_TX_BYTES,
+                           s + T_RX_BYTES, s + T_TX_BYTES)
+        else:
+            r.set_counters(self.ctr_base, lb + L_RX_BYTES, lb + L_TX_BYTES, cb + C_RX_BYTES, cb + C_TX_BYTES)
         try:
             self.engine.add(r, in_progress, connect_timeout)
         except OSError:
             self._unopened(fd, ufd, lb, cb)
-            return
+            return None
+        if s >= 0:
+            self.ctr.add(s + T_OPENED, 1)
         self.relays.add(r)
+        return r
 
     def unopened(self, fd: int, lb: int) -> None:
         """The HTTP engine could not take the connection: count it closed, reset the client."""
@@ -194,16 +243,22 @@ class L4Path:
     def relay_closed(self, r, how: int, err: int) -> None:
         """Called once by the engine when a relay ends (its sockets are already closed)."""
         self.relays.discard(r)
-        lb, cb = r.route
+        lb, cb, s = r.route
         ctr = self.ctr
         ctr.add(lb + L_CX_DESTROY, 1)
         ctr.add(cb + C_CX_DESTROY, 1)
+        if s >= 0:
+            ctr.add(s + T_CLOSED, 1)
         if how in _CONNECT_FAILED:
             ctr.add(cb + C_CONNECT_FAIL, 1)
             if how == native.CLOSED_CONNECT_TIMEOUT:
                 ctr.add(cb + C_CONNECT_TIMEOUT, 1)
         ctr.add(G_SPLICED_BYTES, r.spliced)
         ctr.add(G_COPIED_BYTES, r.copied)
+        if r.log is not None and self.log is not None:
+            start_us, peer, original, upstream = r.log
+            self.log.tcp_closed(start_us, time.time_ns() // 1000 - start_us, r.received, r.sent, lb, cb, peer,
+                                original, upstream, FLAG_UF if how in _CONNECT_FAILED else 0)
 
     # -- housekeeping -------------------------------------------------------------------
 
@@ -224,3 +279,17 @@ class L4Path:
 
     def close(self) -> None:
         self.engine.close(self.relays)
+
+
+def _hostport(addr) -> str:
+    if addr is None:
+        return ""
+    ip, port = addr
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _peer(fd: int) -> str:
+    try:
+        return _hostport(native.peer_addr(fd))
+    except OSError:
+        return ""

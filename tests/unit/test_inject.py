@@ -341,7 +341,7 @@ def test_resource_annotations(annos, resources, workers):
 def test_every_settings_annotation_becomes_its_variable():
     samples = {"workers": "3", "log_level": "debug", "drain_seconds": "7.5", "connect_timeout_ms": "500",
                "app_pid_file": "/run/app/pid", "idle_timeout_s": "0", "buffer_bytes": "131072", "outbound_traffic_policy": "REGISTRY_ONLY",
-               "backlog": "128", "table_bytes": "1048576", "counter_slots": "2048", "config_poll_ms": "0", "detect_timeout_ms": "100", "opaque_ports": "3306,5432", "http_max_head_bytes": "8192", "http_max_headers": "50", "http_max_request_line_bytes": "4096", "http_idle_timeout_s": "60", "http_request_timeout_ms": "15000", "generate_request_id": "false", "upstream_pool_max_idle": "16", "upstream_idle_timeout_ms": "30000", "workload_name": "reviews-v1", "workload_namespace": "bookinfo", "service_name": "reviews", "max_series_per_worker": "512", "access_log": "/dev/stdout", "access_log_format": "json", "access_log_fields": "method,path", "access_log_filter": "errors", "access_log_sampling": "50", "access_log_buffer_bytes": "65536", "tracing": "true", "trace_sampling": "10", "trace_collector": "127.0.0.1:9411", "trace_format": "otlp"}
+               "backlog": "128", "table_bytes": "1048576", "counter_slots": "2048", "config_poll_ms": "0", "detect_timeout_ms": "100", "opaque_ports": "3306,5432", "http_max_head_bytes": "8192", "http_max_headers": "50", "http_max_request_line_bytes": "4096", "http_idle_timeout_s": "60", "http_request_timeout_ms": "15000", "generate_request_id": "false", "upstream_pool_max_idle": "16", "upstream_idle_timeout_ms": "30000", "workload_name": "reviews-v1", "workload_namespace": "bookinfo", "service_name": "reviews", "max_series_per_worker": "512", "access_log": "/dev/stdout", "access_log_format": "json", "access_log_fields": "method,path", "access_log_filter": "errors", "access_log_sampling": "50", "access_log_buffer_bytes": "65536", "tracing": "true", "trace_sampling": "10", "trace_collector": "127.0.0.1:9411", "trace_format": "otlp", "app_metrics_port": "9100", "app_metrics_path": "/stats"}
     assert set(samples) == {a.setting for a in annotations.SETTINGS_GROUP}, "a new setting needs a sample"
     pod = injected_pod({f"fastproxy.io/{k.replace('_', '-')}": v for k, v in samples.items()})
     assert env_of(pod) == {f"FASTPROXY_{k.upper()}": v for k, v in samples.items()}
@@ -356,7 +356,8 @@ def test_sidecar_environment_is_made_of_known_variables():
 def test_pinned_settings():
     assert set(annotations.PINNED_SETTINGS) <= set(SETTINGS_BY_NAME)
     for s in SETTINGS:  # anything the pod spec or the init rules depend on stays pinned
-        if s.name.endswith(("_port", "_address")):
+        # (app_* name the app's own ports, which the pod's annotations may set)
+        if s.name.endswith(("_port", "_address")) and not s.name.startswith("app_"):
             assert s.name in annotations.PINNED_SETTINGS, s.name
     keys = [a.key for a in annotations.ALL]
     assert len(keys) == len(set(keys)), "two annotations share a key"
