@@ -828,7 +828,7 @@ static void obs_begin(h1_engine *e, h1_conn *c, const char *buf, const http1_par
         r->start_us = clock_us(CLOCK_REALTIME);
         r->listener_block = c->listener_block;
         r->minor = p ? (uint8_t)p->minor_version : 1;
-        r->method_len = r->path_len = r->authority_len = r->ua_len = r->rid_len = r->upstream_len = 0;
+        r->method_len = r->path_len = r->authority_len = r->ua_len = r->rid_len = r->upstream_len = r->route_len = 0;
         r->traced = r->has_parent = r->sampled = 0;
         r->peer_len = (uint16_t)c->peer_addr.len;
         memcpy(r->peer, c->peer_addr.ptr, c->peer_addr.len);
@@ -2443,6 +2443,13 @@ static void start_request(h1_engine *e, h1_conn *c, uint32_t hlen)
     c->client_close = 0;
     memset(&c->route, 0, sizeof(c->route));
     rc = e->cfg.route(e->cfg.cb_data, c->user, buf, &r->p, &r->f, &c->route);
+    if (rc == 0 && c->rec) {
+        uint32_t n = c->route.name.len < H1_REC_ROUTE ? c->route.name.len : H1_REC_ROUTE;
+
+        if (n)
+            memcpy(c->rec->route, c->route.name.ptr, n);
+        c->rec->route_len = (uint16_t)n;
+    }
     if (c->mode == M_DEAD) {
         /* closed from inside the callback */
         if (rc == 0 && e->cfg.release)

@@ -206,6 +206,7 @@
 #define H1_REC_UA        256
 #define H1_REC_RID        64
 #define H1_REC_ADDR       48   /* "ip:port", "[v6]:port" */
+#define H1_REC_ROUTE      96   /* the route's name (h1_route.name) */
 
 typedef struct h1_record {
     uint64_t start_us;            /* CLOCK_REALTIME microseconds at the head complete */
@@ -221,7 +222,7 @@ typedef struct h1_record {
     uint8_t has_parent;
     uint8_t sampled;
     uint8_t trace_id[16], span_id[8], parent_id[8];
-    uint16_t method_len, path_len, authority_len, ua_len, rid_len, upstream_len, peer_len, odst_len;
+    uint16_t method_len, path_len, authority_len, ua_len, rid_len, upstream_len, peer_len, odst_len, route_len;
     char method[H1_REC_METHOD];
     char path[H1_REC_PATH];
     char authority[H1_REC_AUTHORITY];
@@ -230,6 +231,7 @@ typedef struct h1_record {
     char upstream[H1_REC_ADDR];   /* the endpoint, "" when none */
     char peer[H1_REC_ADDR];       /* the client */
     char odst[H1_REC_ADDR];       /* the original destination, "" when none */
+    char route[H1_REC_ROUTE];     /* the decision's name (h1_route.name), "" when none */
     struct h1_record *next;       /* engine-internal */
 } h1_record;
 
@@ -279,6 +281,7 @@ typedef struct h1_route {
     rw_str reason;
     rw_str headers;
     rw_str body;
+    rw_str name;                /* the route's name, for the request record; may be empty */
     void *ref;                  /* handed to release() when the request ends; may be NULL */
 } h1_route;
 

@@ -42,6 +42,7 @@ cdef extern from "h1proxy.h" nogil:
         rw_str reason
         rw_str headers
         rw_str body
+        rw_str name
         void *ref
 
     ctypedef int (*h1_route_fn)(void *cb_data, void *conn_user, const char *buf,
@@ -90,7 +91,7 @@ cdef extern from "h1proxy.h" nogil:
         uint8_t trace_id[16]
         uint8_t span_id[8]
         uint8_t parent_id[8]
-        uint16_t method_len, path_len, authority_len, ua_len, rid_len, upstream_len, peer_len, odst_len
+        uint16_t method_len, path_len, authority_len, ua_len, rid_len, upstream_len, peer_len, odst_len, route_len
         char method[1]
         char path[1]
         char authority[1]
@@ -99,6 +100,7 @@ cdef extern from "h1proxy.h" nogil:
         char upstream[1]
         char peer[1]
         char odst[1]
+        char route[1]
 
     ctypedef struct h1_engine:
         pass

@@ -126,7 +126,7 @@ cdef tuple _record(const h1_record *r):
             PyBytes_FromStringAndSize(r.ua, r.ua_len),
             PyBytes_FromStringAndSize(r.peer, r.peer_len),
             PyBytes_FromStringAndSize(r.odst, r.odst_len),
-            trace, span, parent, bool(r.sampled), b"")
+            trace, span, parent, bool(r.sampled), PyBytes_FromStringAndSize(r.route, r.route_len))
 
 
 cdef bytes _hostport(object addr):
@@ -145,10 +145,10 @@ cdef class Decision:
 cdef class Target(Decision):
     """Proxy to the endpoint (ip, port), optionally from source address
     src_ip, counting on cluster_block; req_ops / resp_ops are RewriteOps
-    (or None)."""
+    (or None); name is the route's, for the request record."""
 
     def __init__(self, str ip, int port, src_ip, uint32_t cluster_block, uint32_t connect_timeout_ms,
-                 uint32_t timeout_ms=0, req_ops=None, resp_ops=None):
+                 uint32_t timeout_ms=0, req_ops=None, resp_ops=None, bytes name=b""):
         memset(&self.r, 0, sizeof(h1_route))
         self.r.action = H1_ACT_PROXY
         _addr(ip, port, &self.r.upstream)
@@ -161,14 +161,16 @@ cdef class Target(Decision):
             self.r.req_ops = <const rw_ops *><uintptr_t>req_ops.address
         if resp_ops is not None:
             self.r.resp_ops = <const rw_ops *><uintptr_t>resp_ops.address
-        self.keep = (req_ops, resp_ops)
+        _set_str(&self.r.name, name)
+        self.keep = (req_ops, resp_ops, name)
 
 
 cdef class Reply(Decision):
     """Answer locally: status, reason, extra field lines (complete lines,
     CRLF-terminated, may be empty) and body; flags are H1_F_* (e.g. NR)."""
 
-    def __init__(self, int status, bytes reason, bytes headers=b"", bytes body=b"", uint32_t flags=0):
+    def __init__(self, int status, bytes reason, bytes headers=b"", bytes body=b"", uint32_t flags=0,
+                 bytes name=b""):
         memset(&self.r, 0, sizeof(h1_route))
         self.r.action = H1_ACT_RESPOND
         self.r.status = status
@@ -176,7 +178,8 @@ cdef class Reply(Decision):
         _set_str(&self.r.reason, reason)
         _set_str(&self.r.headers, headers)
         _set_str(&self.r.body, body)
-        self.keep = (reason, headers, body)
+        _set_str(&self.r.name, name)
+        self.keep = (reason, headers, body, name)
 
 
 cdef class Conn:

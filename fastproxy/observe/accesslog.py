@@ -14,8 +14,8 @@ Two formats:
   formatter writes them).
 
 What the record does not carry is absent: X-Forwarded-For (the engine does
-not keep the request's header), and route_name (the engine does not know
-it). A TCP connection's line has no method, path, protocol or status
+not keep the request's header). route_name is the matched route's name, else
+its VirtualService's, absent when no VirtualService route matched. A TCP connection's line has no method, path, protocol or status
 (status 0, as Envoy logs its TCP proxy).
 
 AccessLog.select() applies the filter (all, or errors: status >= 400 or any

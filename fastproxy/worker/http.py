@@ -146,7 +146,8 @@ class HttpPath:
             return self._target(table, cluster, native_route)
         if kind == "redirect":
             loc = route.redirect.location(b"http", authority, target)
-            return native.Reply(route.redirect.code, _reason(route.redirect.code), b"location: " + loc + b"\r\n")
+            return native.Reply(route.redirect.code, _reason(route.redirect.code), b"location: " + loc + b"\r\n",
+                                name=_name(route))
         return native_route   # a direct response: one Reply for every request
 
     def _listener(self, table: RouteTable, conn) -> ListenerRoute:
@@ -168,11 +169,12 @@ class HttpPath:
         t = self.targets.get(key)
         if t is None:
             req = resp = None
+            name = b""
             if native_route is not None:
-                req, resp = native_route
+                req, resp, name = native_route
             t = self.targets[key] = native.Target(
                 ip, port, None, cluster.block, int(cluster.connect_timeout * 1000),
-                table.settings["http_request_timeout_ms"], req, resp)
+                table.settings["http_request_timeout_ms"], req, resp, name)
         return t
 
     def _outbound(self, table: RouteTable, conn):
@@ -249,8 +251,8 @@ def _span_exporter(loop, counters, settings: dict, names: BlockNames) -> SpanExp
 
 
 def _compile_route(route):
-    """A route's C form: (request RewriteOps, response RewriteOps) for kind
-    route, a Reply for a direct response, None for a redirect."""
+    """A route's C form: (request RewriteOps, response RewriteOps, name) for
+    kind route, a Reply for a direct response, None for a redirect."""
     if route.kind == "route":
         rq, rs = route.request_headers, route.response_headers
         req = None
@@ -258,8 +260,13 @@ def _compile_route(route):
             req = RewriteOps(rq.set, rq.add, rq.remove, path=route.rewrite_uri,
                              path_prefix_len=route.rewrite_prefix_len, authority=route.rewrite_authority)
         resp = None if rs.empty else RewriteOps(rs.set, rs.add, rs.remove)
-        return (req, resp)
+        return (req, resp, _name(route))
     if route.kind == "direct_response":
         return native.Reply(route.direct_status, _reason(route.direct_status), b"content-type: text/plain\r\n",
-                            route.direct_body)
+                            route.direct_body, name=_name(route))
     return None
+
+
+def _name(route) -> bytes:
+    """The route's name for the access log: its own, else its VirtualService's."""
+    return (route.name or route.virtual_service or "").encode()
