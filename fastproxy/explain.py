@@ -1,9 +1,11 @@
 """`fastproxy explain DST`: what happens to one TCP connection, step by step.
 
     fastproxy explain 10.96.0.10:5432 [--direction outbound|inbound] [--src IP]
-        [--uid N] [--gid N] [--iface NAME] [--config FILE] [--init-flags "-x ..."] [-o text|json]
+        [--uid N] [--gid N] [--iface NAME] [--config FILE | --admin HOST:PORT]
+        [--init-flags "-x ..."] [--host HOST [--path PATH] [--method M] [--header N:V ...]]
+        [-o text|json]
 
-The answer has four steps:
+The answer has four steps, five with --host:
 
 1. Capture: which interception rule decides. The rules are not re-derived
    here: explain builds the very ruleset `fastproxy init` installs
@@ -23,6 +25,22 @@ The answer has four steps:
    PassthroughCluster, BlackHoleCluster (REGISTRY_ONLY), InboundPassthroughCluster,
    or a loop refusal. The proxy's own upstream connection is then run through
    the rules too, to show it is not captured again.
+5. HTTP route (--host; JSON "http_route"): when the connection's HTTP/1
+   requests are routed one by one (an explicit http listener, or an outbound
+   capture listener that sniffs), the virtual service route that
+   RouteTable.http.select() picks for that request (the worker's own call,
+   worker/http.py decide()): its destinations with weights, clusters and
+   endpoints, rewrite, redirect or direct response; or, when nothing
+   matches, what happens instead (the listener's http.cluster or 404 NR; on
+   a capture listener the step 4 result, or 404 NR in REGISTRY_ONLY).
+   Inbound capture does not apply virtual services; an opaque port, a
+   tcp_proxy listener or TPROXY inbound never parses requests. The verdict
+   then names the route's cluster(s).
+
+--admin explains against a running proxy: the config document and settings
+come from its /config_dump (the document it loaded, with the settings it
+runs with, so the environment it saw counts, not this shell's); the init
+flags still come from --init-flags and this environment.
 
 Assumptions, stated in the output: an outbound connection is made by an app
 process (not the proxy's uid/gid) unless --uid/--gid say otherwise; it
@@ -35,12 +53,13 @@ CAP_NET_ADMIN). A TPROXY rule set with a non-transparent inbound listener
 `fastproxy init` also turns on --dual-stack by itself when the host's first
 address is IPv6; explain cannot see the host and takes the flags as given.
 
-Everything here is pure except run(), which reads the environment and the
-config file and prints.
+Everything here is pure except run() and fetch_config_dump(), which read the
+environment, the config file or the admin API, and print.
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import ipaddress
 import os
 import shlex
@@ -53,12 +72,13 @@ from typing import Any
 import orjson
 
 from .config.env import CONFIG_FILE_VAR
-from .config.load import load_default, load_text
+from .config.load import load, load_default, load_text
 from .config.schema import (
     BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, Config, ConfigError)
 from .interception import rules_iptables, rules_nft
 from .interception.flags import (
     ALL, FLAG_BY_FIELD, FLAGS, INBOUND_PASSTHROUGH_V6, InitConfig, InitConfigError, from_sources)
+from .routing.http import DIRECT_RESPONSE, REDIRECT, ROUTE, HttpRoute
 from .routing.table import (
     MODE_INBOUND,
     MODE_OUTBOUND,
@@ -106,6 +126,17 @@ class Query:
     @property
     def address(self) -> str:
         return _hostport(self.ip, self.port)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """An HTTP/1 request on the connection (--host, --path, --method, --header).
+    headers: (lower-case name, value) pairs, a repeated name already joined with ","."""
+
+    authority: str
+    path: str = "/"
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def parse_destination(text: str) -> tuple[str, int]:
@@ -650,11 +681,174 @@ def _mode_mismatch(capture: dict, l, config: Config) -> str | None:
 
 
 # ---------------------------------------------------------------------------
+# 5. The HTTP route of one request (virtual_services), where requests are routed one by one
+
+# Step 4 kinds whose connection never has a request routed, and why.
+_NO_REQUESTS = {
+    "direct": "the proxy never sees this connection",
+    "refused": "the proxy never sees this connection",
+    "proxy_server": "the proxy's own server answers it, nothing is routed",
+    "no_listener": "the connection is refused before any request is read",
+    "loop": "the connection is refused before any request is read",
+    "mode_mismatch": "the connection never reaches the listener",
+}
+
+
+def _s(b: bytes | None) -> str | None:
+    return None if b is None else b.decode("latin-1")
+
+
+def _ops_doc(ops) -> dict | None:
+    if ops.empty:
+        return None
+    return {"set": [[_s(n), _s(v)] for n, v in ops.set], "add": [[_s(n), _s(v)] for n, v in ops.add],
+            "remove": [_s(n) for n in ops.remove]}
+
+
+def _http_doc(req: HttpRequest, kind: str, why: str, vh=None, matched_host: str | None = None,
+              r: HttpRoute | None = None, destinations: list | None = None, rewrite: dict | None = None,
+              redirect: dict | None = None, direct: dict | None = None, fallback: dict | None = None) -> dict:
+    """Step 5, always with the same keys."""
+    return {
+        "request": {"method": req.method, "authority": req.authority, "path": req.path,
+                    "headers": {n: v for n, v in req.headers}},
+        "kind": kind,
+        "virtual_service": vh.name if vh is not None else None,
+        "hosts": list(vh.hosts) if vh is not None else [],
+        "matched_host": matched_host,
+        "route": r.name if r is not None else None,
+        "where": r.where if r is not None else None,
+        "destinations": destinations or [],
+        "rewrite": rewrite,
+        "redirect": redirect,
+        "direct_response": direct,
+        "request_headers": _ops_doc(r.request_headers) if r is not None else None,
+        "response_headers": _ops_doc(r.response_headers) if r is not None else None,
+        "fallback": fallback,
+        "why": why,
+    }
+
+
+def _matched_host(vh, authority: str) -> str:
+    """Which of the virtual service's hosts the authority matched (exact, longest *.suffix, or *)."""
+    host = _split_host(authority.lower())
+    if host in vh.hosts:
+        return host
+    suffixes = [h for h in vh.hosts if h.startswith("*.") and host.endswith(h[1:]) and len(host) > len(h) - 1]
+    return max(suffixes, key=len) if suffixes else "*"
+
+
+def _split_host(authority: str) -> str:
+    if authority.startswith("["):
+        return authority[:authority.find("]") + 1] if "]" in authority else authority
+    return authority.rpartition(":")[0] if ":" in authority else authority
+
+
+def _rewritten(r: HttpRoute, path: str) -> str:
+    """The request-target the upstream sees after rewrite.uri (as csrc/rewrite.c writes it)."""
+    p, sep, qs = path.partition("?")
+    lead, rest = _s(r.rewrite_uri) or "", p
+    if r.rewrite_uri is not None:
+        rest = p[min(r.rewrite_prefix_len, len(p)):] if r.rewrite_prefix_len is not None else ""
+    out = lead + rest
+    if not out.startswith("/"):
+        out = "/" + out
+    return out + sep + qs
+
+
+def _http_fallback(q: Query, config: Config, route: dict) -> dict:
+    """Where a request no virtual service route matches goes (worker/http.py decide())."""
+    kind = route["kind"]
+    if kind == "http" and route["cluster"] is None:
+        return {"kind": "not_found", "cluster": None, "endpoints": [],
+                "why": "answered 404 (flag NR): the listener has no http.cluster"}
+    if kind == "http":
+        return {"kind": "cluster", "cluster": route["cluster"], "endpoints": route["endpoints"],
+                "why": f"it goes to the listener's http.cluster, {route['cluster']}"}
+    if kind == "cluster":
+        return {"kind": "cluster", "cluster": route["cluster"], "endpoints": route["endpoints"],
+                "why": f"routed as the TCP path would: virtual listener {route['virtual_listener']} -> cluster "
+                       f"{route['cluster']}"}
+    if kind == "passthrough":
+        return {"kind": "passthrough", "cluster": PASSTHROUGH_CLUSTER, "endpoints": [],
+                "why": f"forwarded to the original destination {q.address} (outbound_traffic_policy ALLOW_ANY)"}
+    return {"kind": "not_found", "cluster": None, "endpoints": [],
+            "why": f"answered 404 (flag NR): no virtual listener matches {q.address} and "
+                   "outbound_traffic_policy is REGISTRY_ONLY"}
+
+
+def http_step(req: HttpRequest, q: Query, config: Config, table: RouteTable, detection: dict | None,
+              route: dict) -> dict:
+    """Step 5: the virtual service route RouteTable.http.select() picks for req, as the
+    worker's HTTP path (worker/http.py decide()) would, or what happens instead."""
+    kind = route["kind"]
+    if kind in _NO_REQUESTS:
+        return _http_doc(req, "not_applicable", f"no request is routed: {_NO_REQUESTS[kind]}")
+    if kind != "http" and (detection is None or detection["kind"] != "sniff"):
+        why = f"port {q.port} is opaque, " if detection and detection["kind"] == "opaque_port" else ""
+        return _http_doc(req, "not_applicable", f"no request is routed: {why}the connection is relayed as TCP, "
+                         "its bytes are never parsed as HTTP")
+    if kind == "inbound_passthrough":
+        fallback = {"kind": "inbound_passthrough", "cluster": INBOUND_PASSTHROUGH_CLUSTER, "endpoints": [],
+                    "why": f"to the app at the original destination {q.address}"}
+        return _http_doc(req, "not_applied", "inbound requests are not routed by virtual_services: each goes "
+                         f"to the app at the original destination {q.address} ({INBOUND_PASSTHROUGH_CLUSTER})",
+                         fallback=fallback)
+    authority, target = req.authority.encode("latin-1"), req.path.encode("latin-1")
+    headers = {n.encode("latin-1"): v.encode("latin-1") for n, v in req.headers}
+    vh = table.http.virtual_host(authority)
+    r = table.http.select(authority, req.method.encode("latin-1"), target, headers)
+    matched = _matched_host(vh, req.authority) if vh is not None else None
+    if r is None:
+        fallback = _http_fallback(q, config, route)
+        if vh is None:
+            why = f"no virtual service has host {_split_host(req.authority.lower())!r}"
+        else:
+            name = f"virtual service {vh.name}" if vh.name else "the virtual service"
+            why = (f"{name} (host {matched}) has no route matching {req.method} {req.path}"
+                   + (" with these headers" if req.headers else ""))
+        return _http_doc(req, "no_match", f"{why}: {fallback['why']}", vh, matched, fallback=fallback)
+    if r.kind == ROUTE:
+        dests = []
+        for d in r.destinations:
+            c = _cluster_doc(config, d.host)
+            dests.append({"cluster": d.host, "weight": d.weight, "lb_policy": c["lb_policy"],
+                          "connect_timeout_ms": c["connect_timeout_ms"], "endpoints": c["endpoints"]})
+        rewrite = None
+        if r.rewrite_uri is not None or r.rewrite_authority is not None:
+            rewrite = {"uri": _s(r.rewrite_uri), "authority": _s(r.rewrite_authority),
+                       "path": _rewritten(r, req.path) if r.rewrite_uri is not None else req.path}
+        if len(dests) == 1:
+            why = f"to cluster {dests[0]['cluster']}"
+        else:
+            why = "split by weight per request: " + ", ".join(f"{d['cluster']} {d['weight']}%" for d in dests)
+        return _http_doc(req, ROUTE, why, vh, matched, r, destinations=dests, rewrite=rewrite)
+    if r.kind == REDIRECT:
+        loc = _s(r.redirect.location(b"http", authority, target))
+        return _http_doc(req, REDIRECT, f"answered {r.redirect.code} by the proxy, Location {loc}", vh, matched,
+                         r, redirect={"code": r.redirect.code, "location": loc})
+    body = r.direct_body
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        text = None
+    return _http_doc(req, DIRECT_RESPONSE, f"answered {r.direct_status} by the proxy ({len(body)} body bytes)",
+                     vh, matched, r, direct={"status": r.direct_status, "body_bytes": len(body), "body": text})
+
+
+def _route_label(h: dict) -> str:
+    name = "/".join(x for x in (h["virtual_service"], h["route"]) if x)
+    return name or h["where"]
+
+
+# ---------------------------------------------------------------------------
 # The whole answer
 
 
-def explain(q: Query, cfg: InitConfig, config: Config, config_source: str = "embedded default") -> dict:
-    """The explanation of one connection as a JSON-ready document (stable keys)."""
+def explain(q: Query, cfg: InitConfig, config: Config, config_source: str = "embedded default",
+            request: HttpRequest | None = None) -> dict:
+    """The explanation of one connection as a JSON-ready document (stable keys). With a
+    request, step 5 ("http_route") says how virtual_services route it."""
     if q.direction not in (OUTBOUND, INBOUND):
         raise ExplainError(f"--direction must be outbound or inbound, got {q.direction!r}")
     version = _family_of(q.ip)
@@ -664,7 +858,7 @@ def explain(q: Query, cfg: InitConfig, config: Config, config_source: str = "emb
     capture = evaluate_capture(cfg, q, nft)
     table = RouteTable(1, compile_table(config, SlotRegistry(config.settings["counter_slots"])))
     listener, detection, route = _route(q, cfg, config, table, capture, nft)
-    return {
+    doc = {
         "schema": SCHEMA_VERSION,
         "connection": {
             "direction": q.direction, "destination": q.address, "ip": q.ip, "port": q.port,
@@ -677,8 +871,12 @@ def explain(q: Query, cfg: InitConfig, config: Config, config_source: str = "emb
         "listener": listener,
         "detection": detection,
         "route": route,
-        "verdict": _verdict(capture, listener, route),
     }
+    http_route = None
+    if request is not None:
+        http_route = doc["http_route"] = http_step(request, q, config, table, detection, route)
+    doc["verdict"] = _verdict(capture, listener, route, http_route)
+    return doc
 
 
 def _non_default_flags(cfg: InitConfig) -> dict[str, str]:
@@ -694,9 +892,15 @@ def _non_default_flags(cfg: InitConfig) -> dict[str, str]:
     return out
 
 
-def _verdict(capture: dict, listener: dict | None, route: dict) -> str:
+def _verdict(capture: dict, listener: dict | None, route: dict, http_route: dict | None = None) -> str:
     why = (capture["decided_by"] or {}).get("why") or "no rule"
     kind = route["kind"]
+    if http_route is not None and http_route["kind"] in (ROUTE, REDIRECT, DIRECT_RESPONSE, "no_match"):
+        if capture["captured"]:
+            head = f"CAPTURED to :{capture['port']} ({why}): {listener['name']}"
+        else:
+            head = f"NOT CAPTURED ({why}): reaches listener {listener['name']}"
+        return f"{head} -> {_http_verdict(http_route)}"
     if not capture["captured"]:
         head = f"NOT CAPTURED ({why})"
         if kind == "direct":
@@ -718,6 +922,27 @@ def _verdict(capture: dict, listener: dict | None, route: dict) -> str:
     if kind == "blackhole":
         return f"{head}: {listener['name']} -> {BLACKHOLE_CLUSTER}, REFUSED (REGISTRY_ONLY)"
     return f"{head}: {listener['name']} -> {route['cluster']}"
+
+
+def _http_verdict(h: dict) -> str:
+    kind = h["kind"]
+    if kind == ROUTE:
+        dests = h["destinations"]
+        if len(dests) == 1:
+            to = f"cluster {dests[0]['cluster']}"
+        else:
+            to = "clusters " + ", ".join(f"{d['cluster']} ({d['weight']}%)" for d in dests)
+        return f"HTTP route {_route_label(h)} -> {to}"
+    if kind == REDIRECT:
+        return f"HTTP route {_route_label(h)}: redirect {h['redirect']['code']} to {h['redirect']['location']}"
+    if kind == DIRECT_RESPONSE:
+        return f"HTTP route {_route_label(h)}: direct response {h['direct_response']['status']}"
+    fb = h["fallback"]
+    if fb["kind"] == "not_found":
+        return "no HTTP route matches -> 404 (flag NR)"
+    if fb["kind"] == "passthrough":
+        return f"no HTTP route matches -> {PASSTHROUGH_CLUSTER} (the original destination)"
+    return f"no HTTP route matches -> cluster {fb['cluster']}"
 
 
 # ---------------------------------------------------------------------------
@@ -810,9 +1035,52 @@ def render_text(doc: dict) -> str:
                        f"again: {up['why']}")
         if up["note"]:
             out.append(f"   note: {up['note']}")
+    if "http_route" in doc:
+        out.extend(_render_http(doc["http_route"]))
     out.append("")
     out.append(f"Result: {doc['verdict']}")
     return "\n".join(out) + "\n"
+
+
+def _render_http(h: dict) -> list[str]:
+    rq = h["request"]
+    fields_ = ", ".join([f"Host {rq['authority']}", *(f"{n}: {v}" for n, v in rq["headers"].items())])
+    shown = f"{rq['method']} {rq['path']} ({fields_})"
+    kind = h["kind"]
+    if kind == "not_applicable":
+        return [f"5. HTTP route: not applicable to {shown}: {h['why']}"]
+    out = [f"5. HTTP route for {shown}:"]
+    if h["virtual_service"] is not None or h["hosts"]:
+        name = h["virtual_service"] or "(unnamed)"
+        out.append(f"     virtual service {name} (hosts {', '.join(h['hosts'])}): matched by host {h['matched_host']}")
+    if kind in (ROUTE, REDIRECT, DIRECT_RESPONSE):
+        out.append(f"     route {h['route'] or '(unnamed)'} at {h['where']}: {h['why']}")
+    elif kind == "no_match":
+        out.append(f"     no route matches: {h['why']}")
+    else:
+        out.append(f"     {h['why']}")
+    for d in h["destinations"]:
+        out.append(f"     -> cluster {d['cluster']} weight {d['weight']} ({d['lb_policy']}, connect timeout "
+                   f"{d['connect_timeout_ms']} ms)")
+        for e in d["endpoints"]:
+            out.append(f"          endpoint {e['address']} weight {e['weight']}")
+    rw = h["rewrite"]
+    if rw:
+        if rw["uri"] is not None:
+            out.append(f"     rewrite uri {rw['uri']}: the upstream sees {rw['path']}")
+        if rw["authority"] is not None:
+            out.append(f"     rewrite authority: the upstream sees Host {rw['authority']}")
+    for key, what in (("request_headers", "request"), ("response_headers", "response")):
+        ops = h[key]
+        if ops:
+            parts = [f"set {n}: {v}" for n, v in ops["set"]] + [f"add {n}: {v}" for n, v in ops["add"]]
+            parts += [f"remove {n}" for n in ops["remove"]]
+            out.append(f"     {what} headers: {'; '.join(parts)}")
+    dr = h["direct_response"]
+    if dr and dr["body"] is not None and dr["body_bytes"]:
+        out.append(f"     body: {dr['body']!r}" if len(dr["body"]) <= 60 else
+                   f"     body: {dr['body'][:60]!r}...")
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -844,17 +1112,93 @@ def query_from_args(args: argparse.Namespace) -> Query:
                  iface=args.iface)
 
 
+def request_from_args(args: argparse.Namespace) -> HttpRequest | None:
+    """The HTTP request of --host/--path/--method/--header; None without --host."""
+    host, path, method = getattr(args, "host", None), getattr(args, "path", None), getattr(args, "method", None)
+    header_args = getattr(args, "header", None) or []
+    if host is None:
+        given = [f for f, v in (("--path", path), ("--method", method), ("--header", header_args)) if v]
+        if given:
+            raise ExplainError(f"{', '.join(given)} describe an HTTP request: give its --host too")
+        return None
+    if not host or any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7e for c in host):
+        raise ExplainError(f"--host {host!r} is not a valid Host value")
+    path = "/" if path is None else path
+    if not path.startswith("/") or any(ord(c) < 0x21 or ord(c) > 0x7e for c in path):
+        raise ExplainError(f"--path {path!r} must be an origin-form target: /path[?query], no spaces")
+    method = "GET" if method is None else method
+    if not method or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in method):
+        raise ExplainError(f"--method {method!r} is not an HTTP method token")
+    headers: dict[str, str] = {}
+    for h in header_args:
+        name, sep, value = h.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if not sep or not name or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name):
+            raise ExplainError(f"--header must be NAME:VALUE, got {h!r}")
+        # Repeated fields are joined with "," as the worker does (routing/http.py).
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return HttpRequest(authority=host, path=path, method=method, headers=tuple(headers.items()))
+
+
+def config_from_dump(dump: Mapping[str, Any], admin: str) -> tuple[Config, str]:
+    """The Config a running proxy routes with, from its /config_dump: the document it
+    loaded, with the settings it runs with (so the environment it saw is respected)."""
+    doc = dump.get("document")
+    if not isinstance(doc, Mapping):
+        raise ExplainError(f"the proxy at {admin} does not report its config document in /config_dump "
+                           "(an older fastproxy?): use --config with its file instead")
+    settings = (dump.get("config") or {}).get("settings")
+    if not isinstance(settings, Mapping):
+        raise ExplainError(f"the /config_dump of {admin} has no config.settings")
+    config = load({**doc, "settings": dict(settings)}, {})
+    source = f"admin {admin} generation {dump.get('generation')}"
+    if dump.get("source"):
+        source += f" (loaded from {dump['source']})"
+    return config, source
+
+
 def explain_args(args: argparse.Namespace, environ: Mapping[str, str], config_text: bytes | None,
-                 config_source: str | None) -> str:
-    """Pure core of run(): the rendered answer. Raises ExplainError, InitConfigError, ConfigError."""
+                 config_source: str | None, dump: Mapping[str, Any] | None = None) -> str:
+    """Pure core of run(): the rendered answer. dump: a running proxy's /config_dump
+    (--admin), used instead of config_text. Raises ExplainError, InitConfigError, ConfigError."""
     q = query_from_args(args)
+    request = request_from_args(args)
     cfg = init_config(args.init_flags, environ)
-    if config_text is None:
+    if dump is not None:
+        config, source = config_from_dump(dump, args.admin)
+    elif config_text is None:
         config, source = load_default(environ), "embedded default"
     else:
         config, source = load_text(config_text, environ, source=config_source or "config"), config_source
-    doc = explain(q, cfg, config, source or "config")
+    doc = explain(q, cfg, config, source or "config", request)
     return render_json(doc) if args.output == "json" else render_text(doc)
+
+
+def parse_admin(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ExplainError(f"--admin must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def fetch_config_dump(admin: str, timeout: float = 5.0) -> dict:
+    """GET /config_dump from a running proxy's admin API (the only I/O of --admin)."""
+    host, port = parse_admin(admin)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/config_dump")
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as e:
+        raise OSError(f"cannot read http://{admin}/config_dump: {e}") from e
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise OSError(f"GET http://{admin}/config_dump: status {resp.status}")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise OSError(f"http://{admin}/config_dump is not JSON: {e}") from None
 
 
 _DESCRIPTION = """\
@@ -866,12 +1210,17 @@ detected, and where the routing table sends it.
 The init flags come from --init-flags (istio-iptables flags, as given to
 `fastproxy init`) and the FASTPROXY_* variables; the config from --config,
 $FASTPROXY_CONFIG or the embedded default, with FASTPROXY_* settings applied
-as `fastproxy run` does.
+as `fastproxy run` does; or, with --admin, from a running proxy's /config_dump
+(the document and settings it runs with). With --host, step 5 shows the
+virtual service route an HTTP/1 request with that Host (--path, --method,
+--header) takes on this connection.
 
 examples:
   fastproxy explain 10.96.0.10:5432
   fastproxy explain 10.0.0.7:8080 --direction inbound --init-flags="-d 8080"
   fastproxy explain [2001:db8::10]:443 --init-flags=--dual-stack -o json
+  fastproxy explain 10.96.0.30:80 --host reviews.default.svc --path /api --header x-canary:yes
+  fastproxy explain 10.96.0.30:80 --admin 127.0.0.1:15000 --host reviews.default.svc -o json
 """
 
 
@@ -891,16 +1240,37 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help=f"config file (default: ${CONFIG_FILE_VAR}, else the embedded default)")
     p.add_argument("--init-flags", default=None, metavar="FLAGS",
                    help="fastproxy init / istio-iptables flags, one string: --init-flags=\"-x 10.0.0.0/8 -d 22\"")
+    p.add_argument("--admin", metavar="HOST:PORT",
+                   help="explain against a running proxy: its config (and settings) from its admin API's "
+                        "/config_dump, instead of --config")
+    p.add_argument("--host", help="an HTTP/1 request's Host: adds step 5, the virtual service route it takes")
+    p.add_argument("--path", help="that request's path and query (default /)")
+    p.add_argument("--method", help="that request's method (default GET)")
+    p.add_argument("--header", action="append", metavar="NAME:VALUE",
+                   help="a header field of that request (repeatable)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """`fastproxy explain`: 0 answered, 1 unreadable config, 2 bad arguments or flags."""
+    """`fastproxy explain`: 0 answered, 1 unreadable config (or admin API), 2 bad arguments or flags."""
     path = args.config or os.environ.get(CONFIG_FILE_VAR) or None
-    text = None
-    if path:
+    text = dump = None
+    if args.admin:
+        if args.config:
+            print("fastproxy explain: --admin and --config are exclusive", file=sys.stderr)
+            return 2
+        try:
+            dump = fetch_config_dump(args.admin)
+        except ExplainError as e:
+            print(f"fastproxy explain: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"fastproxy explain: {e}", file=sys.stderr)
+            return 1
+        path = None
+    elif path:
         try:
             with open(path, "rb") as f:
                 text = f.read()
@@ -908,7 +1278,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fastproxy explain: cannot read config {path}: {e.strerror}", file=sys.stderr)
             return 1
     try:
-        sys.stdout.write(explain_args(args, os.environ, text, path))
+        sys.stdout.write(explain_args(args, os.environ, text, path, dump))
     except (ExplainError, InitConfigError) as e:
         print(f"fastproxy explain: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import psutil
 import uvloop
 
 from .. import __version__
-from ..config.load import load_default, load_text
+from ..config.load import default_document, load, parse_text
 from ..config.schema import Config, ConfigError
 from ..stats import istio, prometheus
 from ..stats.names import (
@@ -74,8 +74,10 @@ MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 
 class Manager:
-    def __init__(self, config: Config, config_path: str | None, environ: Mapping[str, str]):
+    def __init__(self, config: Config, config_path: str | None, environ: Mapping[str, str],
+                 document: dict | None = None):
         self.config = config
+        self.document = document               # what config was loaded from (before env overrides)
         self.config_path = config_path
         self.environ = dict(environ)
         self.settings = config.settings
@@ -194,7 +196,8 @@ class Manager:
     def reload_text(self, text: bytes | str, source: str) -> tuple[bool, int | str]:
         """Validates, compiles and publishes; on any error the old table stays live."""
         try:
-            config = load_text(text, self.environ, source=source)
+            document = parse_text(text, source)
+            config = load(document, self.environ)
             for name in RESTART_ONLY:
                 if config.settings[name] != self.settings[name]:
                     raise ConfigError(f"settings.{name}", f"changing it needs a restart "
@@ -206,6 +209,7 @@ class Manager:
             log.error("config rejected (%s): %s; keeping generation %d", source, e, self.publisher.generation)
             return False, str(e)
         self.config = config
+        self.document = document
         self.settings = config.settings
         self._note_listeners(config)
         gen = self.publisher.publish(payload)
@@ -258,7 +262,8 @@ class Manager:
     def config_dump(self) -> dict:
         return {"version": __version__, "generation": self.publisher.generation,
                 "source": self.config_path or "embedded default",
-                "config": _plain(self.config), "last_rejected": self.last_rejected}
+                "config": _plain(self.config), "last_rejected": self.last_rejected,
+                "document": self.document}
 
     def listeners_dump(self) -> list[dict]:
         return [_plain(l) for l in self.config.listeners]
@@ -375,9 +380,11 @@ def run(config_path: str | None, environ: Mapping[str, str]) -> int:
     try:
         if config_path:
             with open(config_path, "rb") as f:
-                config = load_text(f.read(), environ, source=config_path)
+                document = parse_text(f.read(), config_path)
+            config = load(document, environ)
         else:
-            config = load_default(environ)
+            config = load({}, environ)
+            document = default_document(config.settings)
     except OSError as e:
         log.error("cannot read config %s: %s", config_path, e.strerror)
         return 1
@@ -385,4 +392,4 @@ def run(config_path: str | None, environ: Mapping[str, str]) -> int:
         log.error("config error: %s", e)
         return 1
     logging.getLogger().setLevel(config.settings["log_level"].upper())
-    return uvloop.run(Manager(config, config_path, environ).run())
+    return uvloop.run(Manager(config, config_path, environ, document).run())

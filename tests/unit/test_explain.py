@@ -49,7 +49,46 @@ MESH = {
         {"name": "redis", "endpoints": [{"address": "10.0.2.9:6379"}], "connect_timeout_ms": 500},
     ],
 }
-CONFIGS = {"mesh.yaml": MESH}
+HTTP_MESH = {
+    "listeners": [
+        {"name": "virtualOutbound", "address": "0.0.0.0:15001", "use_original_dst": True,
+         "traffic_direction": "OUTBOUND"},
+        {"name": "virtualInbound", "address": "0.0.0.0:15006", "use_original_dst": True,
+         "traffic_direction": "INBOUND"},
+        {"name": "web", "address": "127.0.0.1:8000", "http": {"cluster": "fallback"}},
+        {"name": "api", "address": "127.0.0.1:8001", "http": None},
+        {"name": "ratings_9080", "address": "10.96.0.40:9080", "bind_to_port": False,
+         "tcp_proxy": {"cluster": "ratings"}},
+    ],
+    "clusters": [
+        {"name": "reviews-v1", "endpoints": [{"address": "10.0.1.5:9080"}]},
+        {"name": "reviews-v2", "endpoints": [{"address": "10.0.1.6:9080", "weight": 2},
+                                             {"address": "10.0.1.7:9080"}]},
+        {"name": "ratings", "endpoints": [{"address": "10.0.2.5:9080"}], "connect_timeout_ms": 750},
+        {"name": "fallback", "endpoints": [{"address": "10.0.9.9:8080"}]},
+    ],
+    "virtual_services": [
+        {"name": "reviews", "hosts": ["reviews.local"],
+         "http": [
+             {"name": "canary", "match": [{"headers": {"x-canary": {"exact": "yes"}}}],
+              "route": [{"destination": {"host": "reviews-v2"}}],
+              "headers": {"request": {"set": {"x-route": "canary"}}}},
+             {"name": "split", "match": [{"uri": {"prefix": "/api"}}], "rewrite": {"uri": "/v1"},
+              "route": [{"destination": {"host": "reviews-v2"}, "weight": 80},
+                        {"destination": {"host": "reviews-v1"}, "weight": 20}]},
+             {"name": "moved", "match": [{"uri": {"exact": "/old"}}],
+              "redirect": {"uri": "/new", "redirectCode": 301}},
+             {"name": "maintenance", "match": [{"uri": {"exact": "/maintenance"}, "method": {"exact": "POST"}}],
+              "directResponse": {"status": 503, "body": {"string": "down for maintenance"}}},
+             {"name": "default", "match": [{"uri": {"prefix": "/"}, "method": {"exact": "GET"}}],
+              "route": [{"destination": {"host": "reviews-v1"}}]},
+         ]},
+        {"name": "shop", "hosts": ["*.example.com"],
+         "http": [{"route": [{"destination": {"host": "ratings"}}], "rewrite": {"authority": "ratings.internal"}}]},
+    ],
+}
+CONFIGS = {"mesh.yaml": MESH, "http.yaml": HTTP_MESH}
+REGISTRY_ONLY = {"FASTPROXY_OUTBOUND_TRAFFIC_POLICY": "REGISTRY_ONLY"}
 
 # name -> (explain command line, config file name or None, environment)
 CASES = {
@@ -82,6 +121,23 @@ CASES = {
     "ipv6-no-dual-stack": ("[2001:db8::10]:443", None, {}),
     "ipv6-dual-stack": ("[2001:db8::10]:443 --init-flags=--dual-stack", None, {}),
     "ipv6-inbound": ("[2001:db8::7]:8080 --direction inbound", None, {"FASTPROXY_DUAL_STACK": "true"}),
+    # --host: step 5, the virtual service route of one HTTP/1 request
+    "http-exact-host": ("10.96.0.30:80 --host reviews.local", "http.yaml", {}),
+    "http-wildcard-host": ("10.96.0.30:80 --host shop.example.com:8080 --path /cart", "http.yaml", {}),
+    "http-header-match": ("127.0.0.1:8000 --host reviews.local --header X-Canary:yes", "http.yaml", {}),
+    "http-weighted-split": ("10.96.0.30:80 --host reviews.local --path '/api/items?page=2'", "http.yaml", {}),
+    "http-redirect": ("127.0.0.1:8000 --host reviews.local --path '/old?x=1'", "http.yaml", {}),
+    "http-direct-response": ("10.96.0.30:80 --host reviews.local --path /maintenance --method POST",
+                             "http.yaml", {}),
+    "http-no-match-http-cluster": ("127.0.0.1:8000 --host reviews.local --method DELETE", "http.yaml", {}),
+    "http-no-match-404": ("127.0.0.1:8001 --host unknown.local", "http.yaml", {}),
+    "http-no-match-passthrough": ("10.0.0.7:8080 --host unknown.local", "http.yaml", {}),
+    "http-no-match-registry-only": ("10.0.0.7:8080 --host unknown.local", "http.yaml", REGISTRY_ONLY),
+    "http-no-match-virtual-listener": ("10.96.0.40:9080 --host unknown.local", "http.yaml", {}),
+    "http-match-registry-only": ("10.0.0.7:8080 --host reviews.local", "http.yaml", REGISTRY_ONLY),
+    "http-inbound": ("10.0.0.7:8080 --direction inbound --host reviews.local", "http.yaml", {}),
+    "http-opaque-port": ("10.0.0.7:3306 --host reviews.local", "http.yaml", {}),
+    "http-not-captured": ("10.0.0.7:8080 --host reviews.local --init-flags='-o 8080'", "http.yaml", {}),
 }
 
 
@@ -120,8 +176,15 @@ def test_no_stale_golden_files():
 def test_json_is_stable_and_complete():
     """Every answer has the same top-level and per-object keys, whatever the path taken."""
     docs = [json.loads(answer(name, "json")) for name in CASES]
-    keys = {name: set(d) for name, d in zip(CASES, docs)}
+    # "http_route" (step 5) is there exactly when --host is given: without it the answer is as before.
+    assert all(("http_route" in d) == ("--host" in CASES[name][0]) for name, d in zip(CASES, docs))
+    keys = {name: set(d) - {"http_route"} for name, d in zip(CASES, docs)}
     assert len({frozenset(k) for k in keys.values()}) == 1
+    http = [d["http_route"] for d in docs if "http_route" in d]
+    assert len({frozenset(h) for h in http}) == 1 and len(http) >= 10
+    assert len({frozenset(h["request"]) for h in http}) == 1
+    assert len({frozenset(h["fallback"]) for h in http if h["fallback"]}) == 1
+    assert len({frozenset(d) for h in http for d in h["destinations"]}) == 1
     for kind in ("capture", "route"):
         assert len({frozenset(d[kind]) for d in docs}) == 1, kind
     assert len({frozenset(d["capture"]["decided_by"]) for d in docs}) == 1
@@ -161,6 +224,21 @@ def test_expected_verdicts():
         "ipv6-no-dual-stack": (False, None, "direct"),
         "ipv6-dual-stack": (True, 15001, "passthrough"),
         "ipv6-inbound": (True, 15006, "inbound_passthrough"),
+        "http-exact-host": (True, 15001, "passthrough"),
+        "http-wildcard-host": (True, 15001, "passthrough"),
+        "http-header-match": (False, None, "http"),
+        "http-weighted-split": (True, 15001, "passthrough"),
+        "http-redirect": (False, None, "http"),
+        "http-direct-response": (True, 15001, "passthrough"),
+        "http-no-match-http-cluster": (False, None, "http"),
+        "http-no-match-404": (False, None, "http"),
+        "http-no-match-passthrough": (True, 15001, "passthrough"),
+        "http-no-match-registry-only": (True, 15001, "blackhole"),
+        "http-no-match-virtual-listener": (True, 15001, "cluster"),
+        "http-match-registry-only": (True, 15001, "blackhole"),
+        "http-inbound": (True, 15006, "inbound_passthrough"),
+        "http-opaque-port": (True, 15001, "passthrough"),
+        "http-not-captured": (False, None, "direct"),
     }
     assert set(want) == set(CASES)
     for name, (captured, port, route) in want.items():
@@ -178,6 +256,114 @@ def test_expected_verdicts():
     assert json.loads(answer("ipv6-inbound", "json"))["route"]["upstream"]["source"] == "::6"
     tproxy = json.loads(answer("tproxy-inbound", "json"))["route"]["upstream"]
     assert (tproxy["source"], tproxy["uid"], tproxy["gid"]) == ("192.0.2.9", 0, 1337) and tproxy["note"]
+
+
+def test_http_route_verdicts():
+    """Step 5's headline per --host case: (kind, route, clusters by weight, fallback kind)."""
+    want = {
+        "http-exact-host": ("route", "default", [("reviews-v1", 100)], None),
+        "http-wildcard-host": ("route", None, [("ratings", 100)], None),
+        "http-header-match": ("route", "canary", [("reviews-v2", 100)], None),
+        "http-weighted-split": ("route", "split", [("reviews-v2", 80), ("reviews-v1", 20)], None),
+        "http-redirect": ("redirect", "moved", [], None),
+        "http-direct-response": ("direct_response", "maintenance", [], None),
+        "http-no-match-http-cluster": ("no_match", None, [], "cluster"),
+        "http-no-match-404": ("no_match", None, [], "not_found"),
+        "http-no-match-passthrough": ("no_match", None, [], "passthrough"),
+        "http-no-match-registry-only": ("no_match", None, [], "not_found"),
+        "http-no-match-virtual-listener": ("no_match", None, [], "cluster"),
+        "http-match-registry-only": ("route", "default", [("reviews-v1", 100)], None),
+        "http-inbound": ("not_applied", None, [], "inbound_passthrough"),
+        "http-opaque-port": ("not_applicable", None, [], None),
+        "http-not-captured": ("not_applicable", None, [], None),
+    }
+    assert set(want) == {name for name, case in CASES.items() if "--host" in case[0]}
+    for name, (kind, route, dests, fallback) in want.items():
+        h = json.loads(answer(name, "json"))["http_route"]
+        got = (h["kind"], h["route"], [(d["cluster"], d["weight"]) for d in h["destinations"]],
+               h["fallback"] and h["fallback"]["kind"])
+        assert got == (kind, route, dests, fallback), name
+    docs = {name: json.loads(answer(name, "json")) for name in want}
+    assert docs["http-wildcard-host"]["http_route"]["matched_host"] == "*.example.com"
+    assert docs["http-wildcard-host"]["http_route"]["rewrite"]["authority"] == "ratings.internal"
+    assert docs["http-exact-host"]["http_route"]["matched_host"] == "reviews.local"
+    assert docs["http-weighted-split"]["http_route"]["rewrite"]["path"] == "/v1/items?page=2"
+    assert docs["http-redirect"]["http_route"]["redirect"] == {"code": 301, "location": "http://reviews.local/new?x=1"}
+    assert docs["http-direct-response"]["http_route"]["direct_response"]["status"] == 503
+    assert docs["http-no-match-virtual-listener"]["http_route"]["fallback"]["cluster"] == "ratings"
+    assert docs["http-no-match-http-cluster"]["http_route"]["fallback"]["cluster"] == "fallback"
+    # The verdict names the HTTP route's cluster(s) when there is one.
+    assert docs["http-weighted-split"]["verdict"].endswith(
+        "virtualOutbound -> HTTP route reviews/split -> clusters reviews-v2 (80%), reviews-v1 (20%)")
+    assert docs["http-header-match"]["verdict"].endswith("reaches listener web -> HTTP route reviews/canary -> "
+                                                         "cluster reviews-v2")
+    assert docs["http-no-match-404"]["verdict"].endswith("-> no HTTP route matches -> 404 (flag NR)")
+    assert docs["http-match-registry-only"]["verdict"].endswith("-> HTTP route reviews/default -> cluster reviews-v1")
+    # Without a route to name, the verdict is the connection's.
+    assert docs["http-opaque-port"]["verdict"] == json.loads(
+        explain.explain_args(parse_args("10.0.0.7:3306 -o json"), {}, yaml.safe_dump(HTTP_MESH).encode(),
+                             "http.yaml"))["verdict"]
+
+
+@pytest.mark.parametrize("cmdline,message", [
+    ("10.0.0.1:80 --path /x", "give its --host too"),
+    ("10.0.0.1:80 --header a:b", "give its --host too"),
+    ("10.0.0.1:80 --host 'a b'", "not a valid Host"),
+    ("10.0.0.1:80 --host a --path x", "origin-form"),
+    ("10.0.0.1:80 --host a --method 'G T'", "method token"),
+    ("10.0.0.1:80 --host a --header novalue", "NAME:VALUE"),
+])
+def test_bad_http_request(cmdline, message):
+    with pytest.raises(explain.ExplainError, match=message):
+        explain.explain_args(parse_args(cmdline), {}, None, None)
+
+
+def test_repeated_headers_are_joined():
+    req = explain.request_from_args(parse_args("10.0.0.1:80 --host h --header A:1 --header 'a: 2'"))
+    assert req.headers == (("a", "1,2"),)
+
+
+def dump_of(document: dict, settings: dict, generation: int = 7) -> dict:
+    """A /config_dump as the manager serves it (only the fields explain reads matter)."""
+    from fastproxy.config.load import load
+    from fastproxy.manager.main import _plain
+    config = load({**document, "settings": {**document.get("settings", {}), **settings}})
+    return {"version": "x", "generation": generation, "source": "/etc/fastproxy.yaml",
+            "config": _plain(config), "last_rejected": None, "document": document}
+
+
+def test_admin_dump_uses_the_proxy_settings_not_this_environment():
+    """--admin: the document the proxy loaded, with the settings it runs with (its environment
+    overrides included), not the explaining shell's FASTPROXY_* settings."""
+    dump = dump_of(HTTP_MESH, {"outbound_traffic_policy": "REGISTRY_ONLY"})
+    args = parse_args("10.0.0.7:8080 --host unknown.local --admin 127.0.0.1:15000 -o json")
+    doc = json.loads(explain.explain_args(args, {"FASTPROXY_OUTBOUND_TRAFFIC_POLICY": "ALLOW_ANY"}, None,
+                                          None, dump))
+    assert doc["inputs"]["config"] == "admin 127.0.0.1:15000 generation 7 (loaded from /etc/fastproxy.yaml)"
+    assert doc["inputs"]["settings"]["outbound_traffic_policy"] == "REGISTRY_ONLY"
+    assert doc["http_route"]["fallback"]["kind"] == "not_found"
+    # The same request against the config file itself: the document's own policy (ALLOW_ANY).
+    local = json.loads(answer("http-no-match-passthrough", "json"))
+    assert local["http_route"]["fallback"]["kind"] == "passthrough"
+
+
+def test_admin_dump_of_the_embedded_default():
+    """The manager reports the default document for the embedded default; with the
+    proxy's ports, the listeners are the proxy's."""
+    from fastproxy.config.load import default_document, load
+    settings = load({}, {"FASTPROXY_OUTBOUND_PORT": "16001"}).settings
+    dump = dump_of(default_document(settings), {"outbound_port": 16001})
+    args = parse_args("10.0.0.7:8080 --init-flags='-p 16001' --admin 127.0.0.1:15000 --host a.local -o json")
+    doc = json.loads(explain.explain_args(args, {}, None, None, dump))
+    assert doc["listener"]["address"] == "0.0.0.0:16001"
+    assert doc["http_route"]["fallback"]["kind"] == "passthrough"
+
+
+def test_admin_dump_without_document_is_explained():
+    dump = dump_of(HTTP_MESH, {})
+    del dump["document"]
+    with pytest.raises(explain.ExplainError, match="does not report its config document"):
+        explain.explain_args(parse_args("10.0.0.7:80 --admin 127.0.0.1:15000"), {}, None, None, dump)
 
 
 @pytest.mark.parametrize("bad,message", [
