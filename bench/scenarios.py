@@ -182,6 +182,14 @@ class HttpScenario(Scenario):
         if self._up is not None:
             self._up.stop(setup)
 
+    def _wrk_metrics(self, s: Sample, params: Params, m) -> None:
+        """What every wrk-driven sample records: the command, latency, CPU load and proxy CPU-seconds."""
+        self.load_command = m.wrk.command
+        _latency_metrics(s, m.wrk)
+        _cpu_load(s, params, *m.clock)
+        if m.cpu_s is not None:
+            s.metrics["proxy_cpu_s"] = m.cpu_s
+
     def _start_checked(self, setup: Setup, contender: Contender):
         """Start the contender on the upstream and check one GET of self.path through it."""
         self._up.ensure(setup)
@@ -299,13 +307,9 @@ class KeepAlive(HttpScenario):
             s.detail["observed"] = contender.observe(running)
         finally:
             contender.stop(setup, running)
-        self.load_command = m.wrk.command
-        _latency_metrics(s, m.wrk)
-        _cpu_load(s, params, *m.clock)
-        if m.cpu_s is not None:
-            s.metrics["proxy_cpu_s"] = m.cpu_s
-            if m.cpu_s > 0:
-                s.metrics["req_per_cpu_s"] = m.wrk.requests / m.cpu_s
+        self._wrk_metrics(s, params, m)
+        if m.cpu_s:
+            s.metrics["req_per_cpu_s"] = m.wrk.requests / m.cpu_s
             s.metrics["cpu_s_per_1k"] = 1000 * m.cpu_s / m.wrk.requests
         if rest:
             s.metrics["rss_worker_rest_mib"] = _mib(rest["rss"]) / params.workers
@@ -361,11 +365,7 @@ class Paced(HttpScenario):
                              cpu=params.load_cpu, tick=tick)
         finally:
             contender.stop(setup, running)
-        self.load_command = m.wrk.command
-        _latency_metrics(s, m.wrk)
-        _cpu_load(s, params, *m.clock)
-        if m.cpu_s is not None:
-            s.metrics["proxy_cpu_s"] = m.cpu_s
+        self._wrk_metrics(s, params, m)
         return s
 
 
@@ -405,11 +405,7 @@ class OneCore(HttpScenario):
                              cpu=params.proxy_cpu, tick=tick)
         finally:
             contender.stop(setup, running)
-        self.load_command = m.wrk.command
-        _latency_metrics(s, m.wrk)
-        _cpu_load(s, params, *m.clock)
-        if m.cpu_s is not None:
-            s.metrics["proxy_cpu_s"] = m.cpu_s
+        self._wrk_metrics(s, params, m)
         return s
 
 
@@ -448,13 +444,9 @@ class NewConnections(HttpScenario):
             s.detail["observed"] = contender.observe(running)
         finally:
             contender.stop(setup, running)
-        self.load_command = m.wrk.command
-        _latency_metrics(s, m.wrk)
-        _cpu_load(s, params, *m.clock)
-        if m.cpu_s is not None:
-            s.metrics["proxy_cpu_s"] = m.cpu_s
-            if m.cpu_s > 0:
-                s.metrics["req_per_cpu_s"] = m.wrk.requests / m.cpu_s
+        self._wrk_metrics(s, params, m)
+        if m.cpu_s:
+            s.metrics["req_per_cpu_s"] = m.wrk.requests / m.cpu_s
         return s
 
 
