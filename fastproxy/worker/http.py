@@ -72,7 +72,7 @@ class HttpPath:
             records=self.records,
             tracing=bool(settings["tracing"]), trace_sampling=float(settings["trace_sampling"]))
         self.generation = 0
-        self.targets: dict = {}           # (cluster, ip, port) -> Target, this generation
+        self.targets: dict = {}           # (cluster, ip, port, route ops) -> Target, this generation
         self.seq = 0                      # weighted picks: request number, hashed
         self.no_route = native.Reply(404, b"Not Found", b"", b"no route matched this request\n", native.FLAG_NR)
 
