@@ -206,8 +206,6 @@ class _AppMetrics(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.skipif("app_metrics_port" not in SETTINGS_BY_NAME,
-                    reason="settings.app_metrics_port / app_metrics_path are not in config/schema.py yet")
 def test_merged_port_appends_the_apps_metrics(start_proxy, echo_server):
     app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AppMetrics)
     threading.Thread(target=app.serve_forever, daemon=True).start()
