@@ -100,7 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("inbound_passthrough_source", str, "127.0.0.6", "Source address of inbound passthrough connections to the app (excluded from capture by the init rules)."),
     Setting("backlog", int, 4096, "listen() backlog of each listener socket.", minimum=1),
     Setting("table_bytes", int, 4194304, "Capacity of each routing-table slot in shared memory.", minimum=65536),
-    Setting("counter_slots", int, 65536, "Counter slots per worker in shared memory.", minimum=1024),
+    Setting("counter_slots", int, 65536, "Counter slots per worker in shared memory for listener and cluster counters (16 per name); the Istio series area (max_series_per_worker x 48 slots) comes on top.", minimum=1024),
     Setting("config_poll_ms", int, 1000, "How often the config file's mtime is checked for changes (0 disables).", minimum=0),
     # -- protocol detection (capture listeners) and HTTP --
     Setting("detect_timeout_ms", int, 50, "Capture listeners: a client that sends nothing for this long speaks a server-first protocol and is relayed as TCP.", minimum=1),
