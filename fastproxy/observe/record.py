@@ -6,6 +6,16 @@ indices below are its fields; strings are bytes, b"" when absent.
 from __future__ import annotations
 
 from ..routing.table import MODE_INBOUND
+from ..stats.names import (  # noqa: F401  (re-exported: the record's flags and their text)
+    FLAG_DC,
+    FLAG_DPE,
+    FLAG_NR,
+    FLAG_UC,
+    FLAG_UF,
+    FLAG_UPE,
+    FLAG_UT,
+    response_flags,
+)
 
 START_US = 0           # CLOCK_REALTIME µs when the request head completed
 DURATION_US = 1        # to the last response byte written
@@ -31,28 +41,6 @@ PARENT_SPAN_ID = 20
 SAMPLED = 21
 ROUTE_NAME = 22
 NFIELDS = 23
-
-# csrc/h1proxy.h H1_F_*, listed in the order Envoy prints response flags.
-FLAG_UF = 0x01
-FLAG_UT = 0x02
-FLAG_UC = 0x04
-FLAG_NR = 0x08
-FLAG_DC = 0x10
-FLAG_DPE = 0x20
-FLAG_UPE = 0x40
-_FLAG_LETTERS = ((FLAG_UT, "UT"), (FLAG_UF, "UF"), (FLAG_UC, "UC"), (FLAG_NR, "NR"), (FLAG_DC, "DC"),
-                 (FLAG_DPE, "DPE"), (FLAG_UPE, "UPE"))
-_FLAGS_TEXT: dict[int, str] = {}
-
-
-def response_flags(flags: int) -> str:
-    """Envoy's %RESPONSE_FLAGS%: the letters joined by commas, "-" for none."""
-    text = _FLAGS_TEXT.get(flags)
-    if text is None:
-        text = ",".join(letters for bit, letters in _FLAG_LETTERS if flags & bit) or "-"
-        _FLAGS_TEXT[flags] = text
-    return text
-
 
 def tcp_record(start_us: int, duration_us: int, bytes_received: int, bytes_sent: int, listener_block: int,
                cluster_block: int, peer: bytes, original_dst: bytes, upstream_host: bytes, flags: int) -> tuple:

@@ -57,6 +57,7 @@ from .names import (
     T_RX_BYTES,
     T_TX_BYTES,
     Metric,
+    response_flags,
 )
 from .prometheus import Histogram, Sample
 
@@ -65,8 +66,6 @@ DESTINATION = "destination"
 UNKNOWN = "unknown"
 
 # H1_F_* bits (csrc/h1proxy.h) and Envoy's letters, in Envoy's flag order.
-RESPONSE_FLAGS = ((0x02, "UT"), (0x01, "UF"), (0x04, "UC"), (0x08, "NR"), (0x10, "DC"), (0x20, "DPE"),
-                  (0x40, "UPE"))
 
 REQUESTS = Metric("istio_requests_total", "counter", "Requests proxied, by Istio's standard labels.")
 DURATION = Metric("istio_request_duration_milliseconds", "histogram",
@@ -109,11 +108,6 @@ def decode_key(key: int) -> tuple[bool, int, int, int, int]:
     """(is_tcp, listener_block, cluster_block, flags, status) of a series KEY."""
     return (bool(key & KEY_TCP), ((key >> 40) & 0x3FFFFF) * BLOCK, ((key >> 20) & 0xFFFFF) * BLOCK,
             (key >> 10) & 0xFF, key & 0x3FF)
-
-
-def flags_text(flags: int) -> str:
-    letters = [name for bit, name in RESPONSE_FLAGS if flags & bit]
-    return ",".join(letters) if letters else "-"
 
 
 def reporter_of(listener) -> str:
@@ -191,7 +185,7 @@ def samples(series: Mapping[int, list[int]], reporters: Mapping[int, str], clust
             into, width = tcp, T_TX_BYTES + 1
         else:
             labels = tuple(_labels(reporter, ident, cluster, "http")
-                           + [str(status), flags_text(flags), _policy(reporter)])
+                           + [str(status), response_flags(flags), _policy(reporter)])
             into, width = http, S_RESPONSE_BYTES_SUM + 1
         acc = into.get(labels)
         if acc is None:

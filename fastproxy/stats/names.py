@@ -118,6 +118,28 @@ def region_slots(settings) -> int:
     return base + n * SERIES_WIDTH
 
 
+# Response flags (csrc/h1proxy.h H1_F_*, a test checks), as Envoy's letters in
+# the order Envoy prints them: the access log, spans and istio_* labels.
+FLAG_UF = 0x01   # upstream connect failure
+FLAG_UT = 0x02   # upstream request timeout
+FLAG_UC = 0x04   # upstream connection termination
+FLAG_NR = 0x08   # no route
+FLAG_DC = 0x10   # downstream connection termination
+FLAG_DPE = 0x20  # downstream protocol error
+FLAG_UPE = 0x40  # upstream protocol error
+_FLAG_LETTERS = ((FLAG_UT, "UT"), (FLAG_UF, "UF"), (FLAG_UC, "UC"), (FLAG_NR, "NR"), (FLAG_DC, "DC"),
+                 (FLAG_DPE, "DPE"), (FLAG_UPE, "UPE"))
+_FLAGS_TEXT: dict[int, str] = {}
+
+
+def response_flags(flags: int) -> str:
+    """Envoy's %RESPONSE_FLAGS%: the letters joined by commas, "-" for none."""
+    text = _FLAGS_TEXT.get(flags)
+    if text is None:
+        text = ",".join(letters for bit, letters in _FLAG_LETTERS if flags & bit) or "-"
+        _FLAGS_TEXT[flags] = text
+    return text
+
 @dataclass(frozen=True, slots=True)
 class Metric:
     name: str

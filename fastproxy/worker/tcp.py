@@ -16,10 +16,11 @@ import errno
 import time
 
 from .._native import relay as native
+from ..config.schema import hostport
 from ..interception.flags import INBOUND_PASSTHROUGH_V6, InitConfig
-from ..observe.record import FLAG_UF
 from ..routing.table import MODE_OUTBOUND, MODE_TCP, ClusterRoute, ListenerRoute
 from ..stats.names import (
+    FLAG_UF,
     C_CONNECT_FAIL,
     C_CONNECT_TIMEOUT,
     C_CX_DESTROY,
@@ -282,10 +283,7 @@ class L4Path:
 
 
 def _hostport(addr) -> str:
-    if addr is None:
-        return ""
-    ip, port = addr
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return "" if addr is None else hostport(*addr)
 
 
 def _peer(fd: int) -> str:

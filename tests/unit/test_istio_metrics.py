@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastproxy._native.shm import CounterSegment
 from fastproxy.config.schema import Listener, SocketAddress
-from fastproxy.stats import istio, prometheus
+from fastproxy.stats import istio, names, prometheus
 from fastproxy.stats.names import (
     BLOCK,
     BYTES_BOUNDS,
@@ -163,9 +163,9 @@ def test_series_read_from_shared_memory_regions():
 # ---- labels -------------------------------------------------------------------------
 
 def test_response_flags_in_envoy_order():
-    assert istio.flags_text(0) == "-"
-    assert istio.flags_text(0x01 | 0x02 | 0x04) == "UT,UF,UC"
-    assert istio.flags_text(0x08 | 0x10 | 0x20 | 0x40) == "NR,DC,DPE,UPE"
+    assert names.response_flags(0) == "-"
+    assert names.response_flags(0x01 | 0x02 | 0x04) == "UT,UF,UC"
+    assert names.response_flags(0x08 | 0x10 | 0x20 | 0x40) == "NR,DC,DPE,UPE"
 
 
 def test_reporter_of_listeners():

@@ -52,3 +52,11 @@ def test_registry_hands_out_whole_blocks():
     assert reg.block("listener", "a") == a
     with pytest.raises(OverflowError):
         reg.block("cluster", "b")
+
+
+def test_response_flag_bits_equal_the_c_engine_ones():
+    defines = dict(re.findall(r"^#define\s+H1_F_([A-Z]+)\s+(0x[0-9a-fA-F]+)", H1PROXY_H.read_text(), re.MULTILINE))
+    assert len(defines) == 7, defines
+    for letters, value in defines.items():
+        assert getattr(names, f"FLAG_{letters}") == int(value, 16), letters
+        assert names.response_flags(int(value, 16)) == letters
