@@ -74,7 +74,7 @@ import orjson
 from .config.env import CONFIG_FILE_VAR
 from .config.load import load, load_default, load_text
 from .config.schema import (
-    BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, Config, ConfigError)
+    BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, Config, ConfigError, hostport)
 from .interception import rules_iptables, rules_nft
 from .interception.flags import (
     ALL, FLAG_BY_FIELD, FLAGS, INBOUND_PASSTHROUGH_V6, InitConfig, InitConfigError, from_sources)
@@ -125,7 +125,7 @@ class Query:
 
     @property
     def address(self) -> str:
-        return _hostport(self.ip, self.port)
+        return hostport(self.ip, self.port)
 
 
 @dataclass(frozen=True)
@@ -158,10 +158,6 @@ def parse_destination(text: str) -> tuple[str, int]:
     if not 1 <= p <= 65535:
         raise ExplainError(f"port {p} is out of range 1-65535")
     return str(ip), p
-
-
-def _hostport(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 # ---------------------------------------------------------------------------
@@ -484,7 +480,7 @@ def _listener_at(table: RouteTable, ip: str | None, port: int, version: int):
             if lport != port or _family_of(lip) != version:
                 continue
             if ip is None or lip in WILDCARDS or lip == ip:
-                return l, _hostport(lip, lport)
+                return l, hostport(lip, lport)
     return None, None
 
 
@@ -595,7 +591,7 @@ def _route(q: Query, cfg: InitConfig, config: Config, table: RouteTable, capture
         if l is None:
             for ip, port, what in (_proxy_servers(config.settings) if local else ()):
                 if port == q.port and _family_of(ip) == version and (ip in WILDCARDS or ip == q.ip):
-                    listener = _listener_doc(what, _hostport(ip, port), "the proxy's own server", port,
+                    listener = _listener_doc(what, hostport(ip, port), "the proxy's own server", port,
                                              "served by the proxy itself, not relayed")
                     return listener, None, _route_doc("proxy_server", f"answered by the proxy's {what}")
                 if port == q.port and ip == "127.0.0.1" and version == 4:

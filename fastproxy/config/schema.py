@@ -145,13 +145,18 @@ BLACKHOLE_CLUSTER = "BlackHoleCluster"
 RESERVED_CLUSTERS = (PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER)
 
 
+def hostport(ip: str, port: int) -> str:
+    """'10.0.0.1:80' or '[2001:db8::1]:80': an address as users and Envoy write it."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class SocketAddress:
     ip: str
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        return hostport(self.ip, self.port)
 
 
 @dataclass(frozen=True, slots=True)

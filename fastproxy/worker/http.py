@@ -22,6 +22,7 @@ from http import HTTPStatus
 from .._native import h1proxy as native
 from .._native.relay import peer_addr
 from .._native.rewrite import RewriteOps
+from ..config.schema import hostport
 from ..interception.flags import INBOUND_PASSTHROUGH_V6
 from ..observe.accesslog import AccessLog
 from ..observe.exporter import SpanExporter
@@ -85,9 +86,9 @@ class HttpPath:
             peer = ip.encode()
         except OSError:
             ip, port, peer = "", 0, b""
-        host = b"" if dst is None else (f"[{dst[0]}]:{dst[1]}" if ":" in dst[0] else f"{dst[0]}:{dst[1]}").encode()
+        host = b"" if dst is None else hostport(*dst).encode()
         # For records only (the engine ignores it otherwise): the client as ip:port.
-        client = (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}").encode() if ip and self.records else b""
+        client = hostport(ip, port).encode() if ip and self.records else b""
         s = table.settings
         try:
             self.engine.add(fd, native.Conn(listener, dst), detect=detect, detect_ms=s["detect_timeout_ms"],
@@ -98,9 +99,6 @@ class HttpPath:
 
     def http_records(self, records: list) -> None:
         """A batch of finished requests' records (obs-spec §3 field order), after the engine's run."""
-        table = self.worker.table
-        if table.generation != self.names.generation:
-            self.names.update(table)
         if self.access_log is not None:
             self.access_log.write(records)
         if self.spans is not None:

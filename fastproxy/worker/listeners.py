@@ -12,6 +12,7 @@ import logging
 import socket
 from collections.abc import Callable
 
+from ..config.schema import hostport
 from ..routing.table import ListenerRoute
 
 log = logging.getLogger("fastproxy.worker")
@@ -90,7 +91,7 @@ class ListenerSet:
                     try:
                         set_transparent(sock, l.transparent)
                     except OSError as e:
-                        msg = f"listener {l.name}: {_fmt(addr)}: {e.strerror}"
+                        msg = f"listener {l.name}: {hostport(*addr)}: {e.strerror}"
                         log.error("%s", msg)
                         errors.append(msg)
                 self.bound[addr] = (sock, l)
@@ -101,9 +102,9 @@ class ListenerSet:
                 sock = bind_listener(addr, backlog, l.transparent)
             except OSError as e:
                 if addr not in primary and e.errno in _MISSING_FAMILY:
-                    log.warning("listener %s: skipping %s: %s", l.name, _fmt(addr), e.strerror)
+                    log.warning("listener %s: skipping %s: %s", l.name, hostport(*addr), e.strerror)
                     continue
-                msg = f"listener {l.name}: cannot bind {_fmt(addr)}: {e.strerror}"
+                msg = f"listener {l.name}: cannot bind {hostport(*addr)}: {e.strerror}"
                 if strict:
                     raise OSError(e.errno, msg) from None
                 log.error("%s", msg)
@@ -131,7 +132,3 @@ class ListenerSet:
 
     def is_bound(self, fd: int) -> bool:
         return self.accepting and any(s.fileno() == fd for s, _ in self.bound.values())
-
-
-def _fmt(addr: Addr) -> str:
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
