@@ -28,7 +28,10 @@ NATIVE = {
     "rewrite": ["csrc/rewrite.c", "csrc/http1.c"],  # parses, then rewrites: links the parser
     "detect": ["csrc/detect.c"],  # protocol detection from the first bytes
     # L7 path: the HTTP/1.1 proxy engine and everything it drives
-    "h1proxy": ["csrc/h1proxy.c", "csrc/http1.c", "csrc/rewrite.c", "csrc/detect.c", "csrc/sockops.c"],
+    "h1proxy": ["csrc/h1proxy.c", "csrc/http1.c", "csrc/rewrite.c", "csrc/detect.c", "csrc/sockops.c",
+                "csrc/govern.c"],
+    # traffic governance: the shared segment (mapped with shmtable.c's helpers)
+    "govern": ["csrc/govern.c", "csrc/shmtable.c"],
 }
 
 
