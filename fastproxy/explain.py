@@ -852,7 +852,9 @@ def explain(q: Query, cfg: InitConfig, config: Config, config_source: str = "emb
         raise ExplainError(f"--src {q.src} and {q.address} are of different address families")
     nft = _nft_rules(cfg)
     capture = evaluate_capture(cfg, q, nft)
-    table = RouteTable(1, compile_table(config, SlotRegistry(config.settings["counter_slots"])))
+    st = config.settings
+    table = RouteTable(1, compile_table(config, SlotRegistry(st["counter_slots"], max_endpoints=st["max_endpoints"],
+                                                             max_rate_limits=st["max_rate_limits"])))
     listener, detection, route = _route(q, cfg, config, table, capture, nft)
     doc = {
         "schema": SCHEMA_VERSION,

@@ -5,7 +5,9 @@ Every error is a ConfigError naming the field path.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -13,9 +15,13 @@ from typing import Any
 import orjson
 import yaml
 
+from ..policy.breakers import parse_breakers
+from ..policy.health import parse_health_checks
+from ..policy.outlier import parse_outlier
 from ..routing.http import compile_virtual_services
 from .env import coerce, settings_from_env
 from .schema import (
+    HASH_LB_POLICIES,
     LB_POLICIES,
     RESERVED_CLUSTERS,
     SETTINGS,
@@ -25,6 +31,7 @@ from .schema import (
     Config,
     ConfigError,
     Endpoint,
+    HashPolicy,
     HttpProxy,
     Listener,
     SocketAddress,
@@ -209,8 +216,18 @@ def _endpoint(doc: Any, path: str) -> Endpoint:
     return Endpoint(address=addr, weight=_int(doc, "weight", path, 1, 1, 1000))
 
 
+_CLUSTER_KEYS = {"name", "endpoints", "connect_timeout_ms", "lb_policy", "hash_policy", "least_request_lb_config",
+                 "ring_hash_lb_config", "maglev_lb_config", "common_lb_config", "circuit_breakers",
+                 "outlier_detection", "health_checks"}
+# Envoy's limits: ring sizes up to 8M entries; a Maglev table is a prime below 5000011.
+MAX_RING_SIZE = 8388608
+MAX_MAGLEV_TABLE_SIZE = 5000011
+MAX_CHOICE_COUNT = 100   # each pick samples this many hosts: keep it small
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(Cluster)}   # declared once, in the schema
+
+
 def _cluster(doc: Any, path: str) -> Cluster:
-    _no_unknown(doc, {"name", "endpoints", "connect_timeout_ms", "lb_policy"}, path)
+    _no_unknown(doc, _CLUSTER_KEYS, path)
     name = _str(doc, "name", path)
     if name in RESERVED_CLUSTERS:
         raise ConfigError(f"{path}.name", f"{name!r} is reserved for the proxy's own use")
@@ -220,8 +237,98 @@ def _cluster(doc: Any, path: str) -> Cluster:
     lb = _str(doc, "lb_policy", path, required=False, default="ROUND_ROBIN")
     if lb not in LB_POLICIES:
         raise ConfigError(f"{path}.lb_policy", f"expected one of {', '.join(LB_POLICIES)}, got {lb!r}")
+    outlier = doc.get("outlier_detection")
     return Cluster(name=name, endpoints=endpoints, lb_policy=lb,
-                   connect_timeout_ms=_int(doc, "connect_timeout_ms", path, None, 1, 3_600_000))
+                   connect_timeout_ms=_int(doc, "connect_timeout_ms", path, None, 1, 3_600_000),
+                   breakers=parse_breakers(doc.get("circuit_breakers"), f"{path}.circuit_breakers"),
+                   outlier_detection=None if outlier is None else parse_outlier(outlier, f"{path}.outlier_detection"),
+                   health_check=parse_health_checks(doc.get("health_checks"), f"{path}.health_checks"),
+                   **_load_balancing(doc, lb, path))
+
+
+def _load_balancing(doc: Mapping, lb: str, path: str) -> dict[str, Any]:
+    """The Cluster fields of lb_policy lb's settings: hash_policy (exactly for
+    the hashing policies) and the *_lb_config of lb (no other policy's)."""
+    lb_fields: dict[str, Any] = {}
+    if doc.get("hash_policy") is not None:
+        if lb not in HASH_LB_POLICIES:
+            raise ConfigError(f"{path}.hash_policy", f"only for lb_policy {' or '.join(HASH_LB_POLICIES)}, "
+                              f"not {lb}")
+        lb_fields["hash_policy"] = _hash_policy(doc["hash_policy"], f"{path}.hash_policy")
+    elif lb in HASH_LB_POLICIES:
+        raise ConfigError(f"{path}.hash_policy", f"required with lb_policy {lb} (header, cookie or source_ip)")
+    for key, policy in (("least_request_lb_config", "LEAST_REQUEST"), ("ring_hash_lb_config", "RING_HASH"),
+                        ("maglev_lb_config", "MAGLEV")):
+        if doc.get(key) is not None and lb != policy:
+            raise ConfigError(f"{path}.{key}", f"only for lb_policy {policy}, not {lb}")
+    if doc.get("least_request_lb_config") is not None:
+        w = f"{path}.least_request_lb_config"
+        _no_unknown(doc["least_request_lb_config"], {"choice_count"}, w)
+        lb_fields["choice_count"] = _int(doc["least_request_lb_config"], "choice_count", w,
+                                         _DEFAULT["choice_count"], 2, MAX_CHOICE_COUNT)
+    if doc.get("ring_hash_lb_config") is not None:
+        w = f"{path}.ring_hash_lb_config"
+        ring = doc["ring_hash_lb_config"]
+        _no_unknown(ring, {"minimum_ring_size", "maximum_ring_size"}, w)
+        lo = _int(ring, "minimum_ring_size", w, _DEFAULT["minimum_ring_size"], 1, MAX_RING_SIZE)
+        hi = _int(ring, "maximum_ring_size", w, _DEFAULT["maximum_ring_size"], 1, MAX_RING_SIZE)
+        if hi < lo:
+            raise ConfigError(f"{w}.maximum_ring_size", f"must not be less than minimum_ring_size ({lo}), got {hi}")
+        lb_fields.update(minimum_ring_size=lo, maximum_ring_size=hi)
+    if doc.get("maglev_lb_config") is not None:
+        w = f"{path}.maglev_lb_config"
+        _no_unknown(doc["maglev_lb_config"], {"table_size"}, w)
+        size = _int(doc["maglev_lb_config"], "table_size", w, _DEFAULT["maglev_table_size"], 2,
+                    MAX_MAGLEV_TABLE_SIZE - 1)
+        if not _is_prime(size):
+            raise ConfigError(f"{w}.table_size", f"must be a prime number, got {size}")
+        lb_fields["maglev_table_size"] = size
+    if doc.get("common_lb_config") is not None:
+        w = f"{path}.common_lb_config"
+        _no_unknown(doc["common_lb_config"], {"healthy_panic_threshold"}, w)
+        lb_fields["healthy_panic_threshold"] = _percent(doc["common_lb_config"], "healthy_panic_threshold", w,
+                                                        _DEFAULT["healthy_panic_threshold"])
+    return lb_fields
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _hash_policy(doc: Any, path: str) -> HashPolicy:
+    _no_unknown(doc, {"header", "cookie", "source_ip"}, path)
+    if len(doc) != 1:
+        raise ConfigError(path, "exactly one of header, cookie, source_ip is required")
+    (key, value), = doc.items()
+    if key == "source_ip":
+        if value is not True:
+            raise ConfigError(f"{path}.source_ip", f"expected true, got {value!r}")
+        return HashPolicy(source_ip=True)
+    text = _str(doc, key, path)
+    if not _HEADER_NAME.fullmatch(text):   # a header name and a cookie name are both tokens
+        raise ConfigError(f"{path}.{key}", f"invalid {key} name {text!r} (a token)")
+    return HashPolicy(header=text.lower()) if key == "header" else HashPolicy(cookie=text)
+
+
+def _percent(doc: Mapping, key: str, path: str, default: float) -> float:
+    v = doc.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{path}.{key}", f"expected a number, got {v!r}")
+    if not 0 <= v <= 100:
+        raise ConfigError(f"{path}.{key}", f"must be between 0 and 100, got {v}")
+    return float(v)
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2 or n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
 
 
 def _virtual_services(docs: Any, clusters: dict[str, Cluster]) -> tuple[dict[str, Any], ...]:
@@ -258,7 +365,7 @@ def _virtual_services(docs: Any, clusters: dict[str, Cluster]) -> tuple[dict[str
 
 def _listener(doc: Any, path: str) -> Listener:
     _no_unknown(doc, {"name", "address", "additional_addresses", "bind_to_port", "use_original_dst",
-                      "traffic_direction", "tcp_proxy", "http"}, path)
+                      "traffic_direction", "tcp_proxy", "http", "request_headers_timeout_ms"}, path)
     name = _str(doc, "name", path)
     address = socket_address(doc.get("address"), f"{path}.address")
     extra = doc.get("additional_addresses", [])
@@ -299,5 +406,9 @@ def _listener(doc: Any, path: str) -> Listener:
                           "destination and relayed as TCP: use tcp_proxy")
     if bind and address.port == 0:
         raise ConfigError(f"{path}.address", "a bound listener needs a non-zero port")
+    headers_timeout = _int(doc, "request_headers_timeout_ms", path, None, 0, 3_600_000)
+    if headers_timeout is not None and tcp is not None:
+        raise ConfigError(f"{path}.request_headers_timeout_ms", "a tcp_proxy listener reads no HTTP requests")
     return Listener(name=name, address=address, additional_addresses=additional, bind_to_port=bind,
-                    use_original_dst=orig, traffic_direction=direction, tcp_proxy=tcp, http=http)
+                    use_original_dst=orig, traffic_direction=direction, tcp_proxy=tcp, http=http,
+                    request_headers_timeout_ms=headers_timeout)

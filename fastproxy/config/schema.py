@@ -7,10 +7,16 @@ onto it field by field:
         name, address, additional_addresses, bind_to_port, use_original_dst,
         traffic_direction; tcp_proxy ~ the envoy.filters.network.tcp_proxy filter;
         http ~ the envoy.filters.network.http_connection_manager filter, routed
-        by Config.virtual_services (cluster: where requests no route matches go)
+        by Config.virtual_services (cluster: where requests no route matches go);
+        request_headers_timeout_ms ~ the HCM's request_headers_timeout
     Config.clusters[]    ~ envoy.config.cluster.v3.Cluster (STATIC type)
         name, connect_timeout, lb_policy; endpoints ~ ClusterLoadAssignment
-        .endpoints[0].lb_endpoints[] (address, load_balancing_weight)
+        .endpoints[0].lb_endpoints[] (address, load_balancing_weight);
+        hash_policy (for RING_HASH / MAGLEV) ~ RouteAction.hash_policy;
+        least_request_lb_config, ring_hash_lb_config, maglev_lb_config,
+        common_lb_config.healthy_panic_threshold; circuit_breakers (the
+        default-priority thresholds, flattened), outlier_detection,
+        health_checks: see fastproxy/policy/ for each one's fields
     Config.virtual_services[] ~ Istio's networking.istio.io VirtualService, as
         routing/http.py compiles it (destination.host names a cluster)
 
@@ -27,7 +33,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..policy.breakers import Breakers
+    from ..policy.health import HealthCheck
+    from ..policy.outlier import OutlierDetection
 
 
 class ConfigError(ValueError):
@@ -109,10 +120,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_max_headers", int, 100, "HTTP: the most header fields in one message head. More in a request is answered 431; in a response 502.", minimum=1, maximum=1000),
     Setting("http_max_request_line_bytes", int, 61440, "HTTP: the longest request line (a longer one is answered 414) or status line (502).", minimum=256, maximum=1048576),
     Setting("http_idle_timeout_s", int, 3600, "HTTP: a downstream connection idle between requests for this long is closed (0 = never).", minimum=0),
+    Setting("http_request_headers_timeout_ms", int, 10000, "HTTP: the time a client has from the first byte of a request head to its end; past it the client gets 408 and the connection is closed (slowloris). A listener's request_headers_timeout_ms overrides it. 0 = no limit.", minimum=0, maximum=3600000),
     Setting("http_request_timeout_ms", int, 0, "HTTP: the longest wait from a request sent upstream to its response head; past it the client gets 504 (flag UT). 0 = no limit, as Istio's default.", minimum=0),
     Setting("generate_request_id", bool, True, "HTTP: add an x-request-id header (a random UUIDv4) to requests that carry none (true/false, 1/0)."),
     Setting("upstream_pool_max_idle", int, 64, "HTTP: idle keep-alive upstream connections kept per endpoint in each worker (0: none; every request opens a new one).", minimum=0),
     Setting("upstream_idle_timeout_ms", int, 60000, "HTTP: an idle pooled upstream connection unused for this long is closed.", minimum=1),
+    # -- traffic governance (the shared segment of csrc/govern.h) --
+    Setting("max_endpoints", int, 4096, "Endpoint slots in the shared governance state (breaker and outlier-detection counts, health, least-request load): every cluster endpoint the proxy has ever been configured with takes one for the manager's life. A config needing more is rejected.", minimum=1, maximum=16777216),
+    Setting("max_rate_limits", int, 1024, "Local rate-limit buckets in the shared governance state: each route or virtual service with a localRateLimit takes one for the manager's life. A config needing more is rejected.", minimum=1, maximum=16777216),
     # -- observability --
     Setting("workload_name", str, "unknown", "This proxy's workload (Istio's source_workload / destination_workload label); the injector sets it from the pod's owner."),
     Setting("workload_namespace", str, "default", "This proxy's namespace (the *_workload_namespace labels)."),
@@ -135,7 +150,8 @@ SETTINGS: tuple[Setting, ...] = (
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
-LB_POLICIES = ("ROUND_ROBIN",)
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
+HASH_LB_POLICIES = ("RING_HASH", "MAGLEV")   # the ones that need a hash_policy
 TRAFFIC_DIRECTIONS = ("UNSPECIFIED", "INBOUND", "OUTBOUND")
 
 # Cluster names the proxy uses for traffic that matched no configured cluster (Istio's names).
@@ -166,11 +182,45 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """What RING_HASH and MAGLEV hash (one of): a request header's value, a
+    cookie's value, or the client's address (Envoy's RouteAction.HashPolicy)."""
+    header: str | None = None      # lower-cased
+    cookie: str | None = None
+    source_ip: bool = False
+
+    def to_doc(self) -> dict:
+        if self.header is not None:
+            return {"header": self.header}
+        if self.cookie is not None:
+            return {"cookie": self.cookie}
+        return {"source_ip": True}
+
+
+def _istio_breakers() -> Breakers:
+    from ..policy.breakers import ISTIO_DEFAULT   # late: policy imports this module
+    return ISTIO_DEFAULT
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
+    """A cluster; the load-balancer fields keep Envoy's names and defaults
+    (choice_count: least_request_lb_config; minimum/maximum_ring_size:
+    ring_hash_lb_config; maglev_table_size: maglev_lb_config;
+    healthy_panic_threshold: common_lb_config, percent, 0 = never panic)."""
     name: str
     endpoints: tuple[Endpoint, ...]
     connect_timeout_ms: int | None = None
     lb_policy: str = "ROUND_ROBIN"
+    hash_policy: HashPolicy | None = None    # set exactly for HASH_LB_POLICIES
+    choice_count: int = 2
+    minimum_ring_size: int = 1024
+    maximum_ring_size: int = 8388608
+    maglev_table_size: int = 65537
+    healthy_panic_threshold: float = 50.0
+    breakers: Breakers = field(default_factory=_istio_breakers)
+    outlier_detection: OutlierDetection | None = None
+    health_check: HealthCheck | None = None   # health_checks[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +244,8 @@ class Listener:
     traffic_direction: str = "UNSPECIFIED"
     tcp_proxy: TcpProxy | None = None
     http: HttpProxy | None = None
+    # HTTP (http and capture listeners): None = settings.http_request_headers_timeout_ms; 0 = none
+    request_headers_timeout_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

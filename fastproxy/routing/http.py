@@ -36,6 +36,18 @@ Kubernetes object with apiVersion/kind/metadata/spec is accepted too):
         headers:
           request:  {set: {name: value}, add: {name: value}, remove: [name]}
           response: {set: {name: value}, add: {name: value}, remove: [name]}
+        # traffic policy (policy/*.py); timeout, retries, fault, connectTimeout
+        # and idleTimeout with route only:
+        timeout: 2s                       # request sent -> response head, across retries; absent/0s: none
+        retries: {attempts, perTryTimeout, retryOn, backoff, retryRemoteLocalities,
+                  retryNonIdempotent}     # absent: Istio's default policy; attempts 0: none
+        fault: {delay: {fixedDelay, percentage: {value}}, abort: {httpStatus, percentage: {value}}}
+        connectTimeout: 1s                # fastproxy: overrides the cluster's connect timeout
+        idleTimeout: 30s                  # fastproxy: Envoy's route idle_timeout
+        localRateLimit: {maxTokens, tokensPerFill, fillInterval}   # fastproxy: this route's
+                                          # token bucket (every match block shares it)
+    localRateLimit: {...}                 # fastproxy: one bucket for the whole virtual service,
+                                          # checked before the matched route's own
 
 Semantics (Envoy's, as Istio configures it):
 - Hosts: the request's authority, lower-cased, port stripped, matches an
@@ -56,11 +68,11 @@ Semantics (Envoy's, as Istio configures it):
 - Header operations: names are tokens other than those the proxy owns
   (hop-by-hop, framing, Host: see csrc/rewrite.h); values are literal
   (Envoy's %VARIABLE% formatters are not interpreted).
+- Durations are Istio's ("1.5s", "250ms", "1m"), rounded up to whole ms.
 
 Not supported (rejected with the field's path, never silently ignored):
-timeout, retries, fault, mirror*, corsPolicy, delegate, match.port/scheme/
-sourceLabels/gateways, rewrite.uriRegexRewrite, per-destination headers,
-tcp/tls routes.
+mirror*, corsPolicy, delegate, match.port/scheme/sourceLabels/gateways,
+rewrite.uriRegexRewrite, per-destination headers, tcp/tls routes.
 """
 from __future__ import annotations
 
@@ -71,6 +83,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config.schema import ConfigError
+from ..policy.duration import parse_duration_ms
+from ..policy.fault import Fault, parse_fault
+from ..policy.ratelimit import TokenBucket, parse_token_bucket
+from ..policy.retry import ISTIO_DEFAULT, RetryPolicy, parse_retries
 
 # Keep in step with csrc/rewrite.h RW_MAX_SET (a test checks it).
 MAX_SET_HEADERS = 64
@@ -240,17 +256,33 @@ class HttpRoute:
     kind DIRECT_RESPONSE: direct_status and direct_body. request_headers and
     response_headers apply in every case.
 
+    Traffic policy, kind ROUTE only (the others send nothing upstream):
+    timeout_ms (0: none) bounds request sent -> response head across every
+    try; retry is the RetryPolicy (Istio's default when the route says
+    nothing; None: no retries); fault a Fault or None; connect_timeout_ms
+    (0: the cluster's) and idle_timeout_ms (0: not set) override the
+    cluster's and the listener's. Any kind: rate_limit is the route's own
+    TokenBucket or None, vh_rate_limit its VirtualService's (checked first);
+    rate_limit_key / vh_rate_limit_key name their buckets (the route's and
+    the VirtualService's path, e.g. virtual_services[0].http[1]: every
+    match block of a route shares its bucket).
+
     Filled by the routing table when it decodes (routing/table.py), so the
     data path looks no name up per request: `clusters`, for kind ROUTE, is
     TOTAL_WEIGHT ClusterRoute objects indexed as pick() indexes destinations
     (cluster_for(r) is clusters[r % TOTAL_WEIGHT], the cluster of pick(r));
-    () otherwise. `native` is free for the data path to attach its compiled
-    form (e.g. a RewriteOps) once per table generation.
+    () otherwise. rate_limit_slot / vh_rate_limit_slot: the buckets' slots
+    in the governance segment (-1: no bucket). `native` is free for the data
+    path to attach its compiled form (e.g. a RewriteOps) once per table
+    generation.
     """
 
     __slots__ = ("name", "where", "virtual_service", "kind", "destinations", "_by_weight",
                  "rewrite_uri", "rewrite_prefix_len", "rewrite_authority", "redirect",
                  "direct_status", "direct_body", "request_headers", "response_headers",
+                 "timeout_ms", "retry", "fault", "connect_timeout_ms", "idle_timeout_ms",
+                 "rate_limit", "rate_limit_key", "rate_limit_slot",
+                 "vh_rate_limit", "vh_rate_limit_key", "vh_rate_limit_slot",
                  "clusters", "native")
 
     def __init__(self, name: str | None, where: str, virtual_service: str | None, kind: str):
@@ -268,6 +300,17 @@ class HttpRoute:
         self.direct_body = b""
         self.request_headers = _NO_OPS
         self.response_headers = _NO_OPS
+        self.timeout_ms = 0
+        self.retry: RetryPolicy | None = None
+        self.fault: Fault | None = None
+        self.connect_timeout_ms = 0
+        self.idle_timeout_ms = 0
+        self.rate_limit: TokenBucket | None = None
+        self.rate_limit_key: str | None = None
+        self.rate_limit_slot = -1
+        self.vh_rate_limit: TokenBucket | None = None
+        self.vh_rate_limit_key: str | None = None
+        self.vh_rate_limit_slot = -1
         self.clusters: tuple[Any, ...] = ()
         self.native: Any = None
 
@@ -508,7 +551,7 @@ def compile_virtual_services(docs: Any, path: str = "virtual_services") -> HttpR
     return HttpRouteTable(tuple(vhosts))
 
 
-_VS_KEYS = {"name", "hosts", "http", "exportTo", "gateways"}
+_VS_KEYS = {"name", "hosts", "http", "exportTo", "gateways", "localRateLimit"}
 _UNSUPPORTED_VS = {"tcp": "tcp routes are not supported", "tls": "tls routes are not supported"}
 
 
@@ -569,15 +612,25 @@ def _virtual_service(name: str | None, spec: dict, where: str,
     if http is None:
         http = []
     _list(http, f"{where}.http")
+    vh_bucket = None
+    if spec.get("localRateLimit") is not None:
+        vh_bucket = parse_token_bucket(spec["localRateLimit"], f"{where}.localRateLimit")
     routes: list[tuple[_Match, HttpRoute]] = []
     for j, r in enumerate(http):
         routes.extend(_http_route(r, f"{where}.http[{j}]", name))
+    if vh_bucket is not None:
+        for _, route in routes:
+            route.vh_rate_limit = vh_bucket
+            route.vh_rate_limit_key = where
     return VirtualHost(name, tuple(hosts), tuple(routes))
 
 
-_ROUTE_KEYS = {"name", "match", "route", "redirect", "directResponse", "rewrite", "headers"}
-_UNSUPPORTED_ROUTE = ("timeout", "retries", "fault", "mirror", "mirrors", "mirrorPercentage",
-                      "mirrorPercent", "mirror_percent", "corsPolicy", "delegate")
+_ROUTE_KEYS = {"name", "match", "route", "redirect", "directResponse", "rewrite", "headers",
+               "timeout", "retries", "fault", "connectTimeout", "idleTimeout", "localRateLimit"}
+_UNSUPPORTED_ROUTE = ("mirror", "mirrors", "mirrorPercentage", "mirrorPercent", "mirror_percent",
+                      "corsPolicy", "delegate")
+# what only a route that forwards upstream can use
+_UPSTREAM_ONLY = ("rewrite", "timeout", "retries", "fault", "connectTimeout", "idleTimeout")
 
 
 def _http_route(doc: Any, where: str, vs_name: str | None) -> list[tuple[_Match, HttpRoute]]:
@@ -593,8 +646,9 @@ def _http_route(doc: Any, where: str, vs_name: str | None) -> list[tuple[_Match,
     if len(actions) != 1:
         raise ConfigError(where, "exactly one of route, redirect, directResponse is required"
                           + (f" (got {', '.join(actions)})" if actions else ""))
-    if "rewrite" in doc and actions[0] != "route":
-        raise ConfigError(f"{where}.rewrite", f"rewrite cannot be used with {actions[0]}")
+    for key in _UPSTREAM_ONLY:
+        if key in doc and actions[0] != "route":
+            raise ConfigError(f"{where}.{key}", f"{key} cannot be used with {actions[0]}")
 
     req_ops, resp_ops = _NO_OPS, _NO_OPS
     if "headers" in doc:
@@ -623,6 +677,24 @@ def _http_route(doc: Any, where: str, vs_name: str | None) -> list[tuple[_Match,
                                                       f"{where}.directResponse")
     kind = ROUTE if "route" in doc else REDIRECT if "redirect" in doc else DIRECT_RESPONSE
 
+    # traffic policy, shared by every match block too
+    timeout_ms = connect_ms = idle_ms = 0
+    retry = fault = bucket = None
+    if kind == ROUTE:
+        retry = ISTIO_DEFAULT
+        if doc.get("timeout") is not None:
+            timeout_ms = parse_duration_ms(doc["timeout"], f"{where}.timeout", allow_zero=True)
+        if doc.get("retries") is not None:
+            retry = parse_retries(doc["retries"], f"{where}.retries")
+        if doc.get("fault") is not None:
+            fault = parse_fault(doc["fault"], f"{where}.fault")
+        if doc.get("connectTimeout") is not None:
+            connect_ms = parse_duration_ms(doc["connectTimeout"], f"{where}.connectTimeout")
+        if doc.get("idleTimeout") is not None:
+            idle_ms = parse_duration_ms(doc["idleTimeout"], f"{where}.idleTimeout")
+    if doc.get("localRateLimit") is not None:
+        bucket = parse_token_bucket(doc["localRateLimit"], f"{where}.localRateLimit")
+
     blocks = doc.get("match")
     if blocks is None or blocks == []:
         compiled = [(_MATCH_ALL, 1, where)]
@@ -646,6 +718,14 @@ def _http_route(doc: Any, where: str, vs_name: str | None) -> list[tuple[_Match,
         r.direct_body = direct_body
         r.request_headers = req_ops
         r.response_headers = resp_ops
+        r.timeout_ms = timeout_ms
+        r.retry = retry
+        r.fault = fault
+        r.connect_timeout_ms = connect_ms
+        r.idle_timeout_ms = idle_ms
+        if bucket is not None:
+            r.rate_limit = bucket
+            r.rate_limit_key = where
         out.append((m, r))
     return out
 

@@ -170,7 +170,8 @@ def _vs(http: str) -> str:
      "virtual_services[0].http[0].route[0].destination.port.number", "port 9000, not 8080"),
     (_vs("[{match: [{uri: {regex: '('}}], route: [{destination: {host: web}}]}]"),
      "virtual_services[0].http[0].match[0].uri.regex", "invalid regex"),
-    (_vs("[{route: [{destination: {host: web}}], timeout: 5s}]"), "virtual_services[0].http[0].timeout", "not supported"),
+    (_vs("[{route: [{destination: {host: web}}], timeout: 5x}]"), "virtual_services[0].http[0].timeout", "expected a duration"),
+    (_vs("[{route: [{destination: {host: web}}], mirror: {host: web}}]"), "virtual_services[0].http[0].mirror", "not supported"),
     (_CLUSTERS + "virtual_services: [{kind: VirtualService, metadata: {name: a}, spec: {hosts: [a.example],"
      " http: [{route: [{destination: {host: nope}}]}]}}]",
      "virtual_services[0].spec.http[0].route[0].destination.host", "no cluster named 'nope'"),
@@ -246,3 +247,42 @@ def test_env_help_shows_booleans_as_typed():
     block = text.split("FASTPROXY_GENERATE_REQUEST_ID\n", 1)[1].split("\n\n", 1)[0]
     assert "default: true" in block
     assert "x-request-id" in block
+
+
+# -- traffic governance: listeners and settings (clusters: test_policy_config.py) ----
+
+def test_governance_settings_and_listener_headers_timeout():
+    s = load_default({}).settings
+    assert (s["max_endpoints"], s["max_rate_limits"], s["http_request_headers_timeout_ms"]) == (4096, 1024, 10000)
+    s = load_text("settings: {max_endpoints: 10, http_request_headers_timeout_ms: 0}",
+                  {"FASTPROXY_MAX_RATE_LIMITS": "3"}).settings
+    assert (s["max_endpoints"], s["max_rate_limits"], s["http_request_headers_timeout_ms"]) == (10, 3, 0)
+    c = load_text(HTTP.replace("http: {cluster: fallback}}", "http: {cluster: fallback}, request_headers_timeout_ms: 0}")
+                  .replace("traffic_direction: OUTBOUND}", "traffic_direction: OUTBOUND, request_headers_timeout_ms: 500}"),
+                  {})
+    by_name = {l.name: l.request_headers_timeout_ms for l in c.listeners}
+    assert by_name == {"web": 0, "api": None, "bare": None, "out": 500}
+    text = render_env_help()
+    for name in ("MAX_ENDPOINTS", "MAX_RATE_LIMITS", "HTTP_REQUEST_HEADERS_TIMEOUT_MS"):
+        block = text.split(f"FASTPROXY_{name}\n", 1)[1].split("\n\n", 1)[0]
+        assert "default: " in block and len(block) > 60
+
+
+@pytest.mark.parametrize("text, path, message", [
+    ("settings: {max_endpoints: 0}", "settings.max_endpoints", "must be >= 1, got 0"),
+    ("settings: {max_rate_limits: 0}", "settings.max_rate_limits", "must be >= 1, got 0"),
+    ("settings: {max_endpoints: 16777217}", "settings.max_endpoints", "must be <= 16777216, got 16777217"),
+    ("settings: {http_request_headers_timeout_ms: -1}", "settings.http_request_headers_timeout_ms",
+     "must be >= 0, got -1"),
+    (_CLUSTERS + "listeners: [{name: l, address: '127.0.0.1:1', http: {}, request_headers_timeout_ms: -1}]",
+     "listeners[0].request_headers_timeout_ms", "must be between 0 and 3600000, got -1"),
+    (_CLUSTERS + "listeners: [{name: l, address: '127.0.0.1:1', http: {}, request_headers_timeout_ms: 1s}]",
+     "listeners[0].request_headers_timeout_ms", "expected an integer, got '1s'"),
+    (_CLUSTERS + "listeners: [{name: l, address: '127.0.0.1:1', tcp_proxy: {cluster: web}, "
+     "request_headers_timeout_ms: 5}]", "listeners[0].request_headers_timeout_ms",
+     "a tcp_proxy listener reads no HTTP requests"),
+])
+def test_governance_errors_name_the_field(text, path, message):
+    with pytest.raises(ConfigError) as e:
+        load_text(text, {})
+    assert (e.value.path, e.value.message) == (path, message)

@@ -182,3 +182,149 @@ def test_http_needs_headers_only_when_a_route_matches_on_them():
     assert t.http_header_names == frozenset({b"x-user", b"cookie"})
     route = t.http.select(b"ratings.example.com", b"GET", b"/", {b"x-user": b"jason", b"cookie": b"a"})
     assert route.cluster_for(7) is t.clusters["v2"]
+
+
+# -- traffic governance ------------------------------------------------------------
+
+GOV_CFG = """
+listeners:
+  - {name: web, address: "127.0.0.1:18081", http: {cluster: lr}, request_headers_timeout_ms: 2500}
+  - {name: api, address: "127.0.0.1:18082", http: {}}
+  - {name: tcp, address: "127.0.0.1:18083", tcp_proxy: {cluster: lr}}
+  - {name: out, address: "0.0.0.0:15001", use_original_dst: true, traffic_direction: OUTBOUND,
+     request_headers_timeout_ms: 0}
+clusters:
+  - name: lr
+    endpoints: [{address: "127.0.0.1:9000", weight: 2}, {address: "[::1]:9001"}]
+    lb_policy: LEAST_REQUEST
+    least_request_lb_config: {choice_count: 3}
+    common_lb_config: {healthy_panic_threshold: 25}
+    circuit_breakers: {max_connections: 7, retry_budget: {budget_percent: 30}}
+    outlier_detection: {consecutive_5xx: 2}
+    health_checks: [{interval_ms: 100, http_health_check: {path: /h, host: x.local}}]
+  - name: ring
+    endpoints: [{address: "127.0.0.1:9002"}]
+    lb_policy: RING_HASH
+    hash_policy: {cookie: sid}
+    ring_hash_lb_config: {minimum_ring_size: 16, maximum_ring_size: 64}
+virtual_services:
+  - name: a
+    hosts: [a.example]
+    localRateLimit: {maxTokens: 100, fillInterval: 1s}
+    http:
+      - match: [{uri: {prefix: /x}}, {uri: {prefix: /y}}]
+        route: [{destination: {host: lr}}]
+        localRateLimit: {maxTokens: 5, tokensPerFill: 5, fillInterval: 200ms}
+        timeout: 1s
+      - route: [{destination: {host: ring}}]
+  - name: b
+    hosts: [b.example]
+    http:
+      - directResponse: {status: 204}
+        localRateLimit: {maxTokens: 1, fillInterval: 1s}
+      - route: [{destination: {host: ring}}]
+"""
+
+
+def test_cluster_documents_carry_governance():
+    from fastproxy.policy.breakers import ISTIO_DEFAULT
+
+    slots = SlotRegistry(1024)
+    doc = compile_table(load_text(GOV_CFG, {}), slots)
+    lr = doc["clusters"]["lr"]
+    assert lr["slot"] == lr["block"] // BLOCK
+    assert lr["endpoints"] == [["127.0.0.1", 9000, 2, slots.endpoint("lr", "127.0.0.1", 9000)],
+                               ["::1", 9001, 1, slots.endpoint("lr", "::1", 9001)]]
+    assert lr["lb"] == {"policy": "LEAST_REQUEST", "hash": None, "choice_count": 3, "ring_min": 1024,
+                        "ring_max": 8388608, "maglev_size": 65537}
+    assert lr["panic"] == 25
+    assert lr["breakers"] == {"max_connections": 7, "max_pending_requests": 2**32 - 1, "max_requests": 2**32 - 1,
+                              "max_retries": 2**32 - 1, "budget_percent": 30.0, "min_retry_concurrency": 3}
+    assert lr["outlier"] == {"consecutive_5xx": 2, "consecutive_gateway_failure": 5, "interval_ms": 10000,
+                             "base_ejection_time_ms": 30000, "max_ejection_time_ms": 300000,
+                             "max_ejection_percent": 10}
+    assert lr["health_check"] == {"kind": "http", "interval_ms": 100, "timeout_ms": 1000, "healthy_threshold": 2,
+                                  "unhealthy_threshold": 3, "path": "/h", "host": "x.local",
+                                  "expected": [[200, 201]]}
+    ring = doc["clusters"]["ring"]
+    assert ring["lb"]["hash"] == {"cookie": "sid"} and (ring["lb"]["ring_min"], ring["lb"]["ring_max"]) == (16, 64)
+    assert ring["outlier"] is None and ring["health_check"] is None
+    assert ring["breakers"] == ISTIO_DEFAULT.to_doc()
+    pt = doc["clusters"]["PassthroughCluster"]
+    assert (pt["endpoints"], pt["lb"]["policy"], pt["slot"], pt["outlier"]) == (
+        [], "ORIGINAL_DST", pt["block"] // BLOCK, None)
+    # one bucket per owner: the VS, and each route (not each match block)
+    assert doc["rate_limit_slots"] == {"virtual_services[0]": 0, "virtual_services[0].http[0]": 1,
+                                       "virtual_services[1].http[0]": 2}
+    assert slots.bucket_slots() == doc["rate_limit_slots"]
+    assert set(slots.endpoint_slots()) == {("lr", "127.0.0.1", 9000), ("lr", "::1", 9001), ("ring", "127.0.0.1", 9002)}
+    assert {l["name"]: l["request_headers_timeout_ms"] for l in doc["listeners"]} == {
+        "web": 2500, "api": 10000, "tcp": 10000, "out": 0}
+
+
+def test_decoded_clusters_and_routes_carry_governance():
+    from fastproxy.policy.breakers import Breakers
+    from fastproxy.policy.health import HealthCheck
+    from fastproxy.policy.lb import Endpoint
+    from fastproxy.policy.outlier import OutlierDetection
+
+    t, slots = table(GOV_CFG, env={"FASTPROXY_HTTP_REQUEST_HEADERS_TIMEOUT_MS": "750"})
+    lr = t.clusters["lr"]
+    assert lr.slot == lr.block // BLOCK
+    assert lr.endpoints == (Endpoint("127.0.0.1", 9000, 2, slots.endpoint("lr", "127.0.0.1", 9000)),
+                            Endpoint("::1", 9001, 1, slots.endpoint("lr", "::1", 9001)))
+    assert lr.lb_doc["policy"] == "LEAST_REQUEST" and lr.lb_doc["choice_count"] == 3 and lr.panic == 25
+    assert lr.breakers == Breakers(7, 2**32 - 1, 2**32 - 1, 2**32 - 1, 30.0, 3)
+    assert lr.outlier == OutlierDetection(consecutive_5xx=2)
+    assert lr.health_check == HealthCheck("http", 100, 1000, 2, 3, b"/h", b"x.local")
+    assert t.clusters["ring"].outlier is None and t.clusters["ring"].health_check is None
+    # round robin over the ring still works for the data path
+    assert sorted(lr.pick() for _ in range(3)) == [("127.0.0.1", 9000), ("127.0.0.1", 9000), ("::1", 9001)]
+    assert t.passthrough.endpoints == () and t.passthrough.passthrough
+    assert {n: l.request_headers_timeout_ms for n, l in t.by_name.items()} == {
+        "web": 2500, "api": 750, "tcp": 750, "out": 0}
+    x = t.http.select(b"a.example", b"GET", b"/x")
+    y = t.http.select(b"a.example", b"GET", b"/y/1")
+    other = t.http.select(b"a.example", b"GET", b"/z")
+    assert x is not y
+    for r in (x, y):
+        assert (r.rate_limit_slot, r.vh_rate_limit_slot, r.timeout_ms) == (1, 0, 1000)
+        assert r.rate_limit.max_tokens == 5 and r.vh_rate_limit.max_tokens == 100
+    assert (other.rate_limit_slot, other.vh_rate_limit_slot, other.rate_limit) == (-1, 0, None)
+    direct = t.http.select(b"b.example", b"GET", b"/")
+    assert (direct.rate_limit_slot, direct.vh_rate_limit_slot) == (2, -1)
+
+
+def test_rate_limit_and_endpoint_slots_are_stable_across_recompiles():
+    t1, slots = table(GOV_CFG)
+    swapped = GOV_CFG.replace('[{address: "127.0.0.1:9000", weight: 2}, {address: "[::1]:9001"}]',
+                              '[{address: "[::1]:9001"}, {address: "127.0.0.1:9003"}]')
+    t2, _ = table(swapped, slots=slots)
+    by_addr1 = {(e.ip, e.port): e.slot for e in t1.clusters["lr"].endpoints}
+    by_addr2 = {(e.ip, e.port): e.slot for e in t2.clusters["lr"].endpoints}
+    assert by_addr2[("::1", 9001)] == by_addr1[("::1", 9001)]
+    assert by_addr2[("127.0.0.1", 9003)] not in by_addr1.values()
+    r1 = t1.http.select(b"a.example", b"GET", b"/x")
+    r2 = t2.http.select(b"a.example", b"GET", b"/x")
+    assert (r1.rate_limit_slot, r1.vh_rate_limit_slot) == (r2.rate_limit_slot, r2.vh_rate_limit_slot)
+
+
+def test_slot_exhaustion_names_the_setting():
+    import pytest
+
+    with pytest.raises(OverflowError, match="settings.max_endpoints"):
+        compile_table(load_text(GOV_CFG, {}), SlotRegistry(1024, 2, 10))
+    with pytest.raises(OverflowError, match="settings.max_rate_limits"):
+        compile_table(load_text(GOV_CFG, {}), SlotRegistry(1024, 10, 2))
+
+
+def test_table_version_is_checked():
+    import pytest
+
+    from fastproxy.routing.table import TABLE_VERSION
+
+    doc = compile_table(load_text(HTTP_CFG, {}), SlotRegistry(1024))
+    assert doc["version"] == TABLE_VERSION == 3
+    doc["version"] = 2
+    with pytest.raises(ValueError, match="version 2, expected 3"):
+        RouteTable.decode(1, encode(doc))
