@@ -49,6 +49,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -80,10 +81,12 @@
 #define FREE_BUFS_MAX 128
 #define FREE_OBJS_MAX 1024
 
-enum { M_DETECT = 1, M_HEAD, M_PROXY, M_LOCAL, M_TUNNEL, M_LINGER, M_DEAD };
+enum { M_DETECT = 1, M_HEAD, M_PROXY, M_LOCAL, M_TUNNEL, M_LINGER, M_WAIT, M_DEAD };
+/* M_WAIT: a routed request not yet sent, waiting for (h1_conn.wait) */
+enum { W_DELAY = 1, W_BACKOFF, W_CONN };
 enum { RQ_SEND = 1, RQ_DONE };
 enum { RS_HEAD = 1, RS_BODY, RS_DONE };
-enum { T_DETECT, T_IDLE, T_RESP, T_LINGER, T_CONNECT, T_POOL, T_KINDS };
+enum { T_DETECT, T_IDLE, T_RESP, T_LINGER, T_CONNECT, T_POOL, T_WAIT, T_HDRS, T_STREAM, T_KINDS };
 
 #define IO_AGAIN (-1)
 #define IO_ERR (-2)
@@ -160,6 +163,7 @@ typedef struct h1_up {
     struct h1_up *znext;           /* zombie / free list */
     h1_timer t;
     uint32_t block;
+    gv_cluster *gcl;               /* holds a gv_cx_acquire on it; NULL: none */
 } h1_up;
 
 struct h1_pool {
@@ -192,7 +196,7 @@ struct h1_conn {
     h1_route route;
     /* options */
     uint8_t detect, request_id;
-    uint32_t detect_ms, listener_block;
+    uint32_t detect_ms, listener_block, headers_timeout_ms;
     int peeked;
     rw_str peer, proto, default_host;
     char *strs_heap;
@@ -214,6 +218,18 @@ struct h1_conn {
     h1_trace *tr;                   /* NULL: tracing off (else tr_store) */
     rw_str peer_addr, odst;         /* records: "ip:port" */
     h1_trace tr_store;
+    /* governance of the current request (h1_route.gcl, retry, ...) */
+    uint8_t gv_rq;                  /* holds gv_rq_acquire */
+    uint8_t gv_ep;                  /* the live attempt counts in gep->rq_active */
+    uint8_t gv_retry;               /* holds gv_retry_acquire (the live attempt is a retry) */
+    uint8_t gv_pending;             /* holds gv_pending_acquire (waiting for a connection) */
+    uint8_t gv_reported;            /* the live attempt's outcome went to the outlier detector */
+    uint8_t wait, delayed, idempotent, retries, ntried, resp_fwd;
+    uint32_t tried[4];              /* endpoint slots tried (retries avoid them) */
+    uint64_t deadline;              /* the total timeout's end (ms), 0: not started / none */
+    uint64_t last_io;               /* e->now when a byte last moved (idle timeout) */
+    h1_timer t2;                    /* T_STREAM (idle timeout) */
+    h1_conn *cwnext, *cwprev;       /* waiting for an upstream connection (max_connections) */
 };
 
 typedef struct qev {
@@ -255,6 +271,9 @@ struct h1_engine {
     uint32_t rfresh;                /* recs[rfresh..cap) never used (untouched pages) */
     uint64_t sample_thr;            /* a draw below it samples a new trace */
     uint8_t sample_all;
+    /* governance */
+    h1_conn *cw_head, *cw_tail;     /* waiting for a connection (max_connections) */
+    uint8_t cw_kick;                /* a connection closed: the waiters may try again */
 };
 
 /* ---- utilities -------------------------------------------------------------- */
@@ -1199,6 +1218,11 @@ static void up_close(h1_engine *e, h1_up *u, int abort_it)
         fp_sock_close(u->fd);
     cnt(e, u->block, H1_C_CX_DESTROY, 1);
     e->st.upstream_open--;
+    if (u->gcl) {
+        gv_cx_release(u->gcl);
+        u->gcl = NULL;
+        e->cw_kick = e->cw_head != NULL;
+    }
     u->dead = 1;
     u->owner = NULL;
     u->fd = -1;
@@ -1307,6 +1331,7 @@ static void up_release(h1_engine *e, h1_conn *c, int reuse)
         p->nidle++;
         e->st.upstream_idle++;
         timer_arm(e, &u->t, T_POOL, e->cfg.pool_idle_ms);
+        e->cw_kick = e->cw_head != NULL;
         return;
     }
     up_close(e, u, 0);
@@ -1426,10 +1451,13 @@ static ssize_t sock_read(int fd, sockst *s, char *p, size_t n)
 #define END_DETACH 3   /* handed back, reported DETACH */
 #define END_SILENT 4   /* RST, not reported (close_conn, free) */
 
+static void gov_request_end(h1_engine *e, h1_conn *c);
+
 static void route_release(h1_engine *e, h1_conn *c)
 {
     if (!c->routed)
         return;
+    gov_request_end(e, c);
     c->routed = 0;
     if (e->cfg.release)
         e->cfg.release(e->cfg.cb_data, c->route.ref);
@@ -1460,6 +1488,7 @@ static void conn_end(h1_engine *e, h1_conn *c, int how, int detach)
     ev.fd = -1;
     ev.upstream_fd = -1;
     timer_cancel(e, &c->t);
+    timer_cancel(e, &c->t2);
     pending_unlink(e, c);
     if (how == END_DETACH && detach == H1_DETACH_TUNNEL && c->up) {
         h1_up *u = c->up;
@@ -1468,6 +1497,10 @@ static void conn_end(h1_engine *e, h1_conn *c, int how, int detach)
         ev.upstream_fd = u->fd;
         ev.cluster_block = c->route.cluster_block;
         timer_cancel(e, &u->t);
+        if (u->gcl) {
+            gv_cx_release(u->gcl);
+            u->gcl = NULL;
+        }
         e->st.upstream_open--;
         u->dead = 1;
         u->owner = NULL;
@@ -1575,6 +1608,7 @@ static void reply_local(h1_engine *e, h1_conn *c, int status, const char *reason
     obuf o;
 
     timer_cancel(e, &c->t);
+    timer_cancel(e, &c->t2);
     if (c->up) {
         up_close(e, c->up, 1);
         c->up = NULL;
@@ -1807,41 +1841,284 @@ static int send_request_head(h1_engine *e, h1_conn *c)
     return c->rq_end ? 0 : rq_produce(e, c) < 0 ? -1 : 0;
 }
 
+/* ---- governance: breakers, outlier reports, retries (see h1proxy.h) ---------- */
+
+static void begin_attempt(h1_engine *e, h1_conn *c);
+
+static void cw_unlink(h1_engine *e, h1_conn *c)
+{
+    if (!c->cwprev && e->cw_head != c)
+        return;
+    if (c->cwprev)
+        c->cwprev->cwnext = c->cwnext;
+    else
+        e->cw_head = c->cwnext;
+    if (c->cwnext)
+        c->cwnext->cwprev = c->cwprev;
+    else
+        e->cw_tail = c->cwprev;
+    c->cwnext = c->cwprev = NULL;
+}
+
+static void cw_add(h1_engine *e, h1_conn *c)
+{
+    c->cwnext = NULL;
+    c->cwprev = e->cw_tail;
+    if (e->cw_tail)
+        e->cw_tail->cwnext = c;
+    else
+        e->cw_head = c;
+    e->cw_tail = c;
+}
+
+/* The live attempt's outcome, once, to the outlier detector. */
+static void gov_report(h1_engine *e, h1_conn *c, int outcome)
+{
+    if (c->gv_reported || !c->route.gep || !c->route.gcl)
+        return;
+    c->gv_reported = 1;
+    gv_outlier_report(c->route.gcl, c->route.gep, c->route.gcfg, outcome, e->now);
+}
+
+/* The live attempt is over (its upstream closed or released by the caller). */
+static void gov_attempt_end(h1_conn *c)
+{
+    if (c->gv_ep) {
+        atomic_fetch_sub_explicit(&c->route.gep->rq_active, 1, memory_order_relaxed);
+        c->gv_ep = 0;
+    }
+    if (c->gv_retry) {
+        gv_retry_release(c->route.gcl);
+        c->gv_retry = 0;
+    }
+}
+
+static void gov_request_end(h1_engine *e, h1_conn *c)
+{
+    gov_attempt_end(c);
+    if (c->gv_pending) {
+        gv_pending_release(c->route.gcl);
+        c->gv_pending = 0;
+    }
+    cw_unlink(e, c);
+    if (c->gv_rq) {
+        gv_rq_release(c->route.gcl);
+        c->gv_rq = 0;
+    }
+    timer_cancel(e, &c->t2);
+}
+
+static void overflow(h1_engine *e, h1_conn *c, const char *why)
+{
+    static const char hdr[] = "x-fastproxy-overloaded: true\r\n";
+    rw_str h = { hdr, sizeof(hdr) - 1 }, none = { NULL, 0 };
+
+    reply_local(e, c, 503, "Service Unavailable", 19, h, why, none, H1_F_UO, 0);
+}
+
+/* Waits in M_WAIT for `what`; ms 0 = no timer. */
+static void wait_for(h1_engine *e, h1_conn *c, int what, uint32_t ms)
+{
+    c->mode = M_WAIT;
+    c->wait = (uint8_t)what;
+    timer_arm(e, &c->t, T_WAIT, ms);
+}
+
+/* Milliseconds left of the total timeout (0: none; at least 1 when armed). */
+static uint32_t total_left(const h1_engine *e, const h1_conn *c)
+{
+    if (!c->deadline)
+        return 0;
+    return c->deadline > e->now ? (uint32_t)(c->deadline - e->now) : 1;
+}
+
+/* Retries the request when the outcome, the policy, the budget and safety
+ * allow (see h1proxy.h); 1 when it did (the caller stops), 0 when the
+ * failure stands. The outcome was reported to the outlier detector. */
+static int try_retry(h1_engine *e, h1_conn *c, int outcome, int status)
+{
+    const gv_retry *rp = c->route.retry;
+    h1_route nr;
+    void *old;
+    uint32_t ms;
+
+    if (!rp || !e->cfg.retry || !gv_retry_wanted(rp, outcome, status))
+        return 0;
+    if (c->retries >= rp->num_retries) {
+        c->rflags |= H1_F_URX;
+        return 0;
+    }
+    if (!c->hold || c->resp_fwd || (c->w && !txq_empty(&c->w->q)))
+        return 0;
+    if (outcome != GV_ATTEMPT_CONNECT_FAIL && !c->idempotent && !rp->non_idempotent)
+        return 0;
+    if (c->deadline && e->now >= c->deadline)
+        return 0;
+    gov_attempt_end(c);
+    if (c->route.gcl) {
+        if (!gv_retry_acquire(c->route.gcl, c->route.gcfg))
+            return 0;
+        c->gv_retry = 1;
+    }
+    memset(&nr, 0, sizeof(nr));
+    if (e->cfg.retry(e->cfg.cb_data, c->user, c->route.ref, c->tried, c->ntried, &nr) < 0 ||
+        nr.action != H1_ACT_PROXY) {
+        gov_attempt_end(c);
+        return 0;
+    }
+    if (c->up) {
+        up_close(e, c->up, 1);
+        c->up = NULL;
+    }
+    old = c->route.ref;
+    nr.flags = c->route.flags;
+    if (!nr.name.len)
+        nr.name = c->route.name;
+    c->route = nr;
+    if (e->cfg.release)
+        e->cfg.release(e->cfg.cb_data, old);
+    c->retries++;
+    e->st.retries++;
+    /* the response side starts over; R still holds the whole request */
+    timer_cancel(e, &c->t);
+    txq_reset(&c->r->q);
+    c->uq_w = 0;
+    if (c->w) {
+        txq_reset(&c->w->q);
+        http1_parser_reset(&c->w->p);
+    }
+    buf_put(e, c->x);
+    c->x = NULL;
+    c->dq_x = 0;
+    c->w_start = c->w_pos = c->w_len = 0;
+    c->rs = RS_HEAD;
+    c->resp_byte = 0;
+    c->status_sent = 0;
+    ms = gv_backoff_ms(rp, c->retries, rng_next(e->rng));
+    if (c->deadline && (!ms || ms > total_left(e, c)))
+        ms = ms ? total_left(e, c) : 0;
+    if (!ms) {
+        begin_attempt(e, c);
+        return 1;
+    }
+    wait_for(e, c, W_BACKOFF, ms);
+    return 1;
+}
+
 static void connect_failed(h1_engine *e, h1_conn *c, int timeout)
 {
     cnt(e, c->route.cluster_block, H1_C_CONNECT_FAIL, 1);
     if (timeout)
         cnt(e, c->route.cluster_block, H1_C_CONNECT_TIMEOUT, 1);
+    gov_report(e, c, GV_GATEWAY);
+    if (try_retry(e, c, GV_ATTEMPT_CONNECT_FAIL, 0))
+        return;
     reply_error(e, c, 503, "Service Unavailable",
                 timeout ? "upstream connect timeout\n" : "upstream connect failure\n", H1_F_UF, 0);
 }
 
-/* Proxies the routed request: a pooled or new upstream connection, the
- * head queued. */
-static void begin_proxy(h1_engine *e, h1_conn *c)
+/* One attempt: a pooled or new upstream connection (within max_connections,
+ * else wait), the head queued. R holds the request from r_start. */
+static void begin_attempt(h1_engine *e, h1_conn *c)
 {
     h1_up *u = pool_take(e, &c->route);
 
     if (u) {
         e->st.pool_reuses++;
         cnt(e, c->route.cluster_block, H1_C_POOL_REUSED, 1);
-    } else if (!(u = up_connect(e, c))) {
-        connect_failed(e, c, 0);
-        return;
+    } else {
+        if (c->route.gcl && !gv_cx_acquire(c->route.gcl, c->route.gcfg)) {
+            if (!c->gv_pending) {
+                if (!gv_pending_acquire(c->route.gcl, c->route.gcfg)) {
+                    overflow(e, c, "upstream overflow: too many requests waiting for a connection\n");
+                    return;
+                }
+                c->gv_pending = 1;
+            }
+            cw_add(e, c);
+            wait_for(e, c, W_CONN, total_left(e, c));
+            return;
+        }
+        if (!(u = up_connect(e, c))) {
+            if (c->route.gcl)
+                gv_cx_release(c->route.gcl);
+            connect_failed(e, c, 0);
+            return;
+        }
+        u->gcl = c->route.gcl;
+    }
+    if (c->gv_pending) {
+        gv_pending_release(c->route.gcl);
+        c->gv_pending = 0;
     }
     c->up = u;
     u->owner = c;
-    c->hold = u->reused;
+    if (!c->retries)
+        c->hold = u->reused || c->route.retry != NULL;
     c->replayed = 0;
+    c->gv_reported = 0;
+    if (c->route.gep) {
+        atomic_fetch_add_explicit(&c->route.gep->rq_active, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->route.gep->rq_total, 1, memory_order_relaxed);
+        c->gv_ep = 1;
+        if (c->ntried < sizeof(c->tried) / sizeof(c->tried[0]))
+            c->tried[c->ntried++] = c->route.ep_slot;
+    }
     cnt(e, c->route.cluster_block, H1_C_RQ_TOTAL, 1);
+    if (send_request_head(e, c) == 0)
+        c->mode = M_PROXY;
+}
+
+/* Proxies the routed request: the fault delay, the request breaker, then
+ * the first attempt. */
+static void begin_proxy(h1_engine *e, h1_conn *c)
+{
+    if (c->route.delay_ms && !c->delayed) {
+        c->delayed = 1;
+        c->rflags |= H1_F_DI;
+        wait_for(e, c, W_DELAY, c->route.delay_ms);
+        return;
+    }
+    if (c->route.gcl) {
+        if (!gv_rq_acquire(c->route.gcl, c->route.gcfg)) {
+            overflow(e, c, "upstream overflow: too many requests in flight\n");
+            return;
+        }
+        c->gv_rq = 1;
+    }
+    c->retries = c->ntried = 0;
+    c->deadline = 0;
+    c->resp_fwd = 0;
     if (c->request_id) {
         uint64_t a = rng_next(e->rng), b = rng_next(e->rng);
 
         memcpy(c->r->rid, &a, 8);
         memcpy(c->r->rid + 8, &b, 8);
     }
-    if (send_request_head(e, c) == 0)
-        c->mode = M_PROXY;
+    if (c->route.idle_timeout_ms) {
+        c->last_io = e->now;
+        timer_arm(e, &c->t2, T_STREAM, c->route.idle_timeout_ms);
+    }
+    begin_attempt(e, c);
+}
+
+/* The waiters for a connection try again (a connection closed, or the tick). */
+static void cw_retry_all(h1_engine *e)
+{
+    h1_conn *c = e->cw_head, *next;
+
+    e->cw_head = e->cw_tail = NULL;
+    e->cw_kick = 0;
+    for (; c; c = next) {
+        next = c->cwnext;
+        c->cwnext = c->cwprev = NULL;
+        if (c->mode != M_WAIT || c->wait != W_CONN)
+            continue;
+        timer_cancel(e, &c->t);
+        begin_attempt(e, c);
+        if (c->mode != M_WAIT && c->mode != M_DEAD)
+            pending_add(e, c);
+    }
 }
 
 /* The keep-alive race: a reused connection died before answering while the
@@ -1861,11 +2138,22 @@ static void replay(h1_engine *e, h1_conn *c)
     cnt(e, c->route.cluster_block, H1_C_KA_RACE, 1);
     e->st.ka_replays++;
     c->replayed = 1;
-    c->hold = 0;
+    if (!c->route.retry)
+        c->hold = 0;
+    if (c->route.gcl && !gv_cx_acquire(c->route.gcl, c->route.gcfg)) {
+        /* no room for a fresh connection: as a reset before the response */
+        gov_report(e, c, GV_GATEWAY);
+        if (!try_retry(e, c, GV_ATTEMPT_RESET, 0))
+            overflow(e, c, "upstream overflow: too many connections\n");
+        return;
+    }
     if (!(u = up_connect(e, c))) {
+        if (c->route.gcl)
+            gv_cx_release(c->route.gcl);
         connect_failed(e, c, 0);
         return;
     }
+    u->gcl = c->route.gcl;
     c->up = u;
     u->owner = c;
     send_request_head(e, c);
@@ -1879,6 +2167,7 @@ static void upstream_failed(h1_engine *e, h1_conn *c)
         return;
     }
     cnt(e, c->route.cluster_block, H1_C_RQ_RESET, 1);
+    gov_report(e, c, GV_GATEWAY);
     if (c->rs != RS_HEAD) {
         /* Part of the response is downstream already: the only honest
          * ending left is a reset. */
@@ -1886,6 +2175,8 @@ static void upstream_failed(h1_engine *e, h1_conn *c)
         conn_end(e, c, END_ABORT, 0);
         return;
     }
+    if (try_retry(e, c, GV_ATTEMPT_RESET, 0))
+        return;
     reply_error(e, c, 503, "Service Unavailable", "upstream closed the connection before responding\n",
                 H1_F_UC, 0);
 }
@@ -1991,6 +2282,20 @@ static int rq_produce(h1_engine *e, h1_conn *c)
 
 /* Moves the request towards the upstream. Returns progress (0/1), or -1
  * when the exchange was ended or answered. */
+/* The response-head timer of an attempt: its per-try timeout, cut to what
+ * is left of the total (which starts with the first attempt's request sent). */
+static uint32_t resp_ms(h1_engine *e, h1_conn *c)
+{
+    uint32_t ms = c->route.retry ? c->route.retry->per_try_timeout_ms : 0, left;
+
+    if (!c->route.timeout_ms)
+        return ms;
+    if (!c->deadline)
+        c->deadline = e->now + c->route.timeout_ms;
+    left = total_left(e, c);
+    return !ms || left < ms ? left : ms;
+}
+
 static int rq_pump(h1_engine *e, h1_conn *c)
 {
     h1_up *u = c->up;
@@ -2004,6 +2309,7 @@ static int rq_pump(h1_engine *e, h1_conn *c)
             if (moved) {
                 cnt(e, c->route.cluster_block, H1_C_TX_BYTES, moved);
                 e->step_bytes += moved;
+                c->last_io = e->now;
                 prog = 1;
             }
             if (rc < 0) {
@@ -2028,7 +2334,7 @@ static int rq_pump(h1_engine *e, h1_conn *c)
             if (c->rec)
                 c->t_sent_us = clock_us(CLOCK_MONOTONIC);
             if (c->rs == RS_HEAD)
-                timer_arm(e, &c->t, T_RESP, c->route.timeout_ms);
+                timer_arm(e, &c->t, T_RESP, resp_ms(e, c));
             return 1;
         }
         if (e->step_bytes > STEP_BYTES)
@@ -2105,12 +2411,20 @@ static int rs_head(h1_engine *e, h1_conn *c)
             }
             txq_add(&w->q, w->data + c->w_len, (size_t)n);
             cnt(e, c->listener_block, H1_L_RQ_1XX, 1);
+            c->resp_fwd = 1;
         }
         c->w_start += (uint32_t)hlen;
         c->w_pos = c->w_start;
         http1_parser_reset(&w->p);
         return 1;
     }
+    /* A final head: the attempt's outcome, and maybe a retry instead of it. */
+    gov_report(e, c, status < 500 ? GV_OK : status >= 502 && status <= 504 ? GV_GATEWAY : GV_5XX);
+    if (status >= 400 && try_retry(e, c, GV_ATTEMPT_STATUS, status))
+        return -1;
+    if (c->retries && status < 500 && c->route.gcl)
+        atomic_fetch_add_explicit(&c->route.gcl->rq_retry_success, 1, memory_order_relaxed);
+    c->hold = 0;
     tunnel = w->f.body == HTTP1_BODY_TUNNEL;
     if (tunnel && c->rq != RQ_DONE) {
         bad_gateway(e, c, "tunnel accepted before the request ended");
@@ -2271,6 +2585,7 @@ static int rs_pump(h1_engine *e, h1_conn *c)
             if (moved) {
                 cnt(e, c->listener_block, H1_L_TX_BYTES, moved);
                 e->step_bytes += moved;
+                c->last_io = e->now;
                 prog = 1;
             }
             if (rc < 0) {
@@ -2326,7 +2641,9 @@ static int rs_pump(h1_engine *e, h1_conn *c)
                 c->w_len += (uint32_t)k;
                 cnt(e, c->route.cluster_block, H1_C_RX_BYTES, (uint64_t)k);
                 c->resp_byte = 1;
-                c->hold = 0;
+                if (!c->route.retry)
+                    c->hold = 0;
+                c->last_io = e->now;
                 prog = 1;
                 continue;
             }
@@ -2435,6 +2752,8 @@ static void start_request(h1_engine *e, h1_conn *c, uint32_t hlen)
     if (e->obs)
         obs_begin(e, c, buf, &r->p, &r->f);
     c->is_head = r->p.method.len == 4 && !memcmp(buf + r->p.method.off, "HEAD", 4);
+    c->idempotent = (uint8_t)gv_method_idempotent(buf + r->p.method.off, (uint32_t)r->p.method.len);
+    c->delayed = 0;
     c->is_connect = r->f.body == HTTP1_BODY_TUNNEL;
     c->upgrade = r->f.upgrade;
     c->client_ka = r->f.keep_alive;
@@ -2508,6 +2827,8 @@ static int head_step(h1_engine *e, h1_conn *c)
                 return 1;
             }
         }
+        if (c->headers_timeout_ms && c->t.kind != T_HDRS && c->r_len > c->r_start)
+            timer_arm(e, &c->t, T_HDRS, c->headers_timeout_ms);
         if (!c->s.rd)
             break;
         if (c->r_len == e->cap) {
@@ -2643,6 +2964,17 @@ static int linger_step(h1_engine *e, h1_conn *c)
     return c->s.rd;
 }
 
+/* Waiting to send (delay, backoff, a connection): the client is not read
+ * (backpressure) unless it reset. */
+static int wait_step(h1_engine *e, h1_conn *c)
+{
+    if (!c->s.err)
+        return 0;
+    c->rflags |= H1_F_DC;
+    conn_end(e, c, END_ABORT, 0);
+    return 1;
+}
+
 /* Serves c until it waits for an edge or used its share of this run.
  * Returns 1 when it should be served again without an edge. */
 static int conn_step(h1_engine *e, h1_conn *c)
@@ -2660,6 +2992,7 @@ static int conn_step(h1_engine *e, h1_conn *c)
         case M_LOCAL: prog = local_step(e, c); break;
         case M_TUNNEL: prog = tunnel_step(e, c); break;
         case M_LINGER: prog = linger_step(e, c); break;
+        case M_WAIT: prog = wait_step(e, c); break;
         default: return 0;
         }
         if (!prog)
@@ -2688,6 +3021,24 @@ static void fire(h1_engine *e, h1_timer *t, int kind)
             pending_add(e, c);
         return;
     }
+    if (kind == T_STREAM) {
+        h1_conn *c = (h1_conn *)((char *)t - offsetof(h1_conn, t2));
+        uint64_t idle = c->route.idle_timeout_ms;
+
+        if (c->last_io + idle > e->now) {
+            timer_arm(e, t, T_STREAM, (uint32_t)(c->last_io + idle - e->now));
+            return;
+        }
+        c->rflags |= H1_F_SI;
+        if (c->mode == M_PROXY && c->rs != RS_HEAD) {
+            conn_end(e, c, END_ABORT, 0);
+            return;
+        }
+        reply_error(e, c, 408, "Request Timeout", "stream idle timeout\n", 0, 1);
+        if (conn_step(e, c))
+            pending_add(e, c);
+        return;
+    }
     {
         h1_conn *c = (h1_conn *)((char *)t - offsetof(h1_conn, t));
 
@@ -2702,7 +3053,31 @@ static void fire(h1_engine *e, h1_timer *t, int kind)
             return;
         case T_RESP:
             cnt(e, c->route.cluster_block, H1_C_RQ_TIMEOUT, 1);
-            reply_error(e, c, 504, "Gateway Timeout", "upstream response timeout\n", H1_F_UT, 0);
+            gov_report(e, c, GV_GATEWAY);
+            if (!try_retry(e, c, GV_ATTEMPT_TIMEOUT, 0))
+                reply_error(e, c, 504, "Gateway Timeout", "upstream response timeout\n", H1_F_UT, 0);
+            if (conn_step(e, c))
+                pending_add(e, c);
+            return;
+        case T_WAIT:
+            if (c->wait == W_DELAY) {
+                begin_proxy(e, c);
+            } else if (c->wait == W_BACKOFF && !(c->deadline && e->now >= c->deadline)) {
+                begin_attempt(e, c);
+            } else {
+                /* the total timeout ran out waiting (backoff or a connection) */
+                cw_unlink(e, c);
+                if (c->route.retry && c->retries)
+                    c->rflags |= H1_F_URX;
+                reply_error(e, c, 504, "Gateway Timeout", "upstream response timeout\n", H1_F_UT, 0);
+            }
+            if (c->mode != M_WAIT && conn_step(e, c))
+                pending_add(e, c);
+            return;
+        case T_HDRS:
+            if (e->obs && !c->rq_live)
+                obs_begin(e, c, NULL, NULL, NULL);
+            reply_error(e, c, 408, "Request Timeout", "request headers timeout\n", 0, 1);
             if (conn_step(e, c))
                 pending_add(e, c);
             return;
@@ -2868,6 +3243,7 @@ h1_conn *h1_engine_add(h1_engine *e, int fd, void *user, const h1_conn_opts *o)
     }
     memset(c, 0, sizeof(*c));
     c->t.kind = -1;
+    c->t2.kind = -1;
     c->fd = fd;
     c->user = user;
     if (o) {
@@ -2875,6 +3251,7 @@ h1_conn *h1_engine_add(h1_engine *e, int fd, void *user, const h1_conn_opts *o)
         c->detect_ms = o->detect_ms;
         c->listener_block = o->listener_block;
         c->request_id = (uint8_t)!!o->request_id;
+        c->headers_timeout_ms = o->headers_timeout_ms;
         if (e->recs) {
             /* the record's addresses, cut to H1_REC_ADDR */
             peer_addr = o->peer_addr;
@@ -3018,6 +3395,8 @@ int h1_engine_run(h1_engine *e, h1_event *out, int max, int *more)
         if (conn_step(e, c))
             pending_add(e, c);
     }
+    if (e->cw_kick)
+        cw_retry_all(e);
     k = rc < 0 ? rc : hand_out(e, out, max);
     flush_zombies(e);
     e->in_run = 0;
@@ -3042,9 +3421,26 @@ int h1_engine_expire(h1_engine *e, uint64_t now_ms)
             fire(e, t, kind);
         }
     }
+    /* connections freed in other workers announce nothing here */
+    if (e->cw_head)
+        cw_retry_all(e);
     if (!e->in_run)
         flush_zombies(e);
     return e->evq_len > before || e->pend_head != NULL;
+}
+
+uint64_t h1_engine_next_deadline(const h1_engine *e)
+{
+    uint64_t at = 0;
+    int kind;
+
+    for (kind = 0; kind < T_KINDS; kind++) {
+        const h1_timer *t = e->timers[kind].head;
+
+        if (t && (!at || t->at < at))
+            at = t->at;
+    }
+    return at;
 }
 
 void h1_engine_drain(h1_engine *e)

@@ -102,6 +102,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "govern.h"
 #include "http1.h"
 #include "rewrite.h"
 #include "sockops.h"
@@ -137,6 +138,13 @@
 #define H1_F_DC 0x10   /* downstream connection termination mid-exchange */
 #define H1_F_DPE 0x20  /* downstream protocol error (a local 4xx/5xx for bad input) */
 #define H1_F_UPE 0x40  /* upstream protocol error (502) */
+#define H1_F_UO 0x80   /* upstream overflow: a circuit breaker refused (503) */
+#define H1_F_UH 0x100  /* no healthy upstream (set by the route callback) */
+#define H1_F_RL 0x200  /* rate limited (set by the route callback) */
+#define H1_F_FI 0x400  /* fault injection: aborted (set by the route callback) */
+#define H1_F_DI 0x800  /* fault injection: delayed (h1_route.delay_ms) */
+#define H1_F_URX 0x1000 /* the retry limit was reached (the last try's failure is answered) */
+#define H1_F_SI 0x2000 /* stream idle timeout (h1_route.idle_timeout_ms) */
 
 /* ---- Observability (obs-spec.md §1-4) -----------------------------------------
  *
@@ -179,10 +187,10 @@
  * the status sent to the client (0: none), flags the request's H1_F_* bits.
  * A request answered without a cluster uses cluster block 0. */
 #define H1_KEY_HTTP(lb, cb, flags, status)                                                         \
-    ((uint64_t)1 << 63 | (uint64_t)((lb) / 16) << 40 | (uint64_t)((cb) / 16) << 20 |             \
-     (uint64_t)((flags) & 0xffu) << 10 | (uint64_t)((status) & 0x3ffu))
+    ((uint64_t)1 << 63 | (uint64_t)((lb) / 16) << 42 | (uint64_t)((cb) / 16) << 24 |             \
+     (uint64_t)((flags) & 0x3fffu) << 10 | (uint64_t)((status) & 0x3ffu))
 #define H1_KEY_TCP(lb, cb) \
-    ((uint64_t)1 << 63 | (uint64_t)1 << 62 | (uint64_t)((lb) / 16) << 40 | (uint64_t)((cb) / 16) << 20)
+    ((uint64_t)1 << 63 | (uint64_t)1 << 62 | (uint64_t)((lb) / 16) << 42 | (uint64_t)((cb) / 16) << 24)
 
 /* Request end. A request is finished, and recorded (series and record),
  * once: when its response was written whole (proxied or local, the tunnel's
@@ -270,7 +278,8 @@ typedef struct h1_route {
     fp_addr source;             /* bind to this source first; family 0 = none */
     uint32_t cluster_block;     /* counter block of the cluster */
     uint32_t connect_timeout_ms;
-    uint32_t timeout_ms;        /* request sent -> final response head; 0 = none */
+    uint32_t timeout_ms;        /* total: the first request sent -> a final response head, across
+                                   retries; 0 = none */
     const rw_ops *req_ops;      /* may be NULL */
     const rw_ops *resp_ops;     /* may be NULL */
     /* H1_ACT_RESPOND: the engine writes
@@ -283,6 +292,15 @@ typedef struct h1_route {
     rw_str body;
     rw_str name;                /* the route's name, for the request record; may be empty */
     void *ref;                  /* handed to release() when the request ends; may be NULL */
+    /* Governance (H1_ACT_PROXY; all NULL / 0: none). See "Governance" below. */
+    gv_cluster *gcl;            /* the cluster's shared state (breakers, outlier) */
+    const gv_cluster_cfg *gcfg; /* its limits (required with gcl) */
+    gv_endpoint *gep;           /* the endpoint's shared state; NULL: not tracked */
+    uint32_t ep_slot;           /* the endpoint's slot (retries avoid tried slots) */
+    const gv_retry *retry;      /* NULL: no retries */
+    uint32_t idle_timeout_ms;   /* no byte either way for this long: 408 before the response head,
+                                   a reset after it (flag SI); 0 = none */
+    uint32_t delay_ms;          /* fault injection: wait this long before proxying (flag DI) */
 } h1_route;
 
 /* Returns 0 with *out filled, or -1 (the callback failed: the engine answers
@@ -291,6 +309,38 @@ typedef struct h1_route {
 typedef int (*h1_route_fn)(void *cb_data, void *conn_user, const char *buf,
                            const http1_parser *p, const http1_framing *f, h1_route *out);
 typedef void (*h1_release_fn)(void *cb_data, void *ref);
+/* Another endpoint for a retry of the request whose decision is ref: fills
+ * *out (H1_ACT_PROXY, same cluster, preferably an endpoint whose slot is not
+ * in tried[0..ntried)) and returns 0, or -1 (no retry: the failure stands).
+ * The engine releases ref and keeps out->ref in its place. */
+typedef int (*h1_retry_fn)(void *cb_data, void *conn_user, void *ref, const uint32_t *tried, unsigned ntried,
+                           h1_route *out);
+
+/* Governance (h1_route.gcl / retry / idle_timeout_ms / delay_ms).
+ *
+ * Circuit breakers (govern.h), shared by every worker: a proxied request
+ * holds gv_rq_acquire from its first attempt to its end; refused -> 503 UO
+ * with `x-fastproxy-overloaded: true`, nothing sent upstream. A new upstream
+ * connection holds gv_cx_acquire while open; at max_connections the request
+ * waits (gv_pending_acquire; refused -> 503 UO) until a connection of the
+ * engine closes or the next h1_engine_expire, then tries again; the route
+ * timeout bounds the wait (504 UT). Each attempt counts in the endpoint's
+ * rq_active and rq_total, and its outcome goes to gv_outlier_report.
+ *
+ * Retries (route.retry): an attempt that ends before any response byte went
+ * downstream with an outcome retry_on covers (gv_retry_wanted) is retried
+ * when (1) retries are left, (2) the request is whole in R (it fit the
+ * buffer: the replay buffer is the request buffer) and no interim response
+ * was forwarded, (3) it is safe: the upstream never got it (connect
+ * failure), the method is idempotent, or retry->non_idempotent, and (4)
+ * gv_retry_acquire allows it (max_retries, budget). The failed upstream
+ * connection is closed (a 5xx response's body is not read), the retry
+ * callback names another endpoint, and the request is sent again after
+ * gv_backoff_ms. Retries exhausted while the outcome was retriable: flag URX.
+ * Timeouts: route.timeout_ms is the total, from the first attempt's request
+ * sent to a response head, across retries and backoffs; retry->
+ * per_try_timeout_ms bounds each attempt (its expiry is outcome TIMEOUT).
+ * Either answers 504 UT when nothing is left to try. */
 
 typedef struct h1_config {
     http1_limits limits;          /* request and response heads */
@@ -302,6 +352,7 @@ typedef struct h1_config {
     uint32_t counters_len;        /* slots in it; offsets past it are not written */
     h1_route_fn route;
     h1_release_fn release;
+    h1_retry_fn retry;            /* NULL: no retries */
     void *cb_data;
     /* Observability (see above); all zero = off, and then a request costs
      * one branch more than without it. */
@@ -323,6 +374,8 @@ typedef struct h1_conn_opts {
     rw_str proto;                 /* x-forwarded-proto value ("" = leave) */
     rw_str default_host;          /* Host for HTTP/1.0 requests without one (the original destination) */
     int request_id;               /* 1: add x-request-id when absent */
+    uint32_t headers_timeout_ms;  /* first byte of a request head -> its end; then 408 and close.
+                                     0 = none */
     /* For records only (ignored without h1_config.records): the client's
      * "ip:port" (empty: getpeername() at add) and the original destination
      * "ip:port" (empty: none). */
@@ -358,7 +411,7 @@ typedef struct h1_event {
 /* Stats since h1_engine_new (tests and metrics). */
 typedef struct h1_stats {
     uint64_t runs, events, requests, local_responses;
-    uint64_t upstream_connects, pool_reuses, pool_evictions, ka_replays;
+    uint64_t upstream_connects, pool_reuses, pool_evictions, ka_replays, retries;
     unsigned conns, upstream_open, upstream_idle, buffers_free, buffers_total;
 } h1_stats;
 
@@ -384,6 +437,10 @@ int h1_engine_run(h1_engine *e, h1_event *out, int max, int *more);
  * clock). Events it causes are reported by the next h1_engine_run; returns
  * 1 when there are such events. */
 int h1_engine_expire(h1_engine *e, uint64_t now_ms);
+
+/* The earliest armed deadline (CLOCK_MONOTONIC ms), 0 when none: the
+ * caller wakes for it when it is sooner than its tick. */
+uint64_t h1_engine_next_deadline(const h1_engine *e);
 
 /* Drain: connections between requests are closed now, the others after
  * their current response (Connection: close is added to it). */

@@ -24,6 +24,13 @@ cdef extern from "h1proxy.h" nogil:
         H1_F_DC
         H1_F_DPE
         H1_F_UPE
+        H1_F_UO
+        H1_F_UH
+        H1_F_RL
+        H1_F_FI
+        H1_F_DI
+        H1_F_URX
+        H1_F_SI
         H1_SERIES_SLOTS
         H1_G_SERIES_OVERFLOW
         H1_G_RECORDS_DROPPED
@@ -44,10 +51,19 @@ cdef extern from "h1proxy.h" nogil:
         rw_str body
         rw_str name
         void *ref
+        void *gcl
+        const void *gcfg
+        void *gep
+        uint32_t ep_slot
+        const void *retry
+        uint32_t idle_timeout_ms
+        uint32_t delay_ms
 
     ctypedef int (*h1_route_fn)(void *cb_data, void *conn_user, const char *buf,
                                 const http1_parser *p, const http1_framing *f, h1_route *out)
     ctypedef void (*h1_release_fn)(void *cb_data, void *ref)
+    ctypedef int (*h1_retry_fn)(void *cb_data, void *conn_user, void *ref, const uint32_t *tried,
+                                unsigned ntried, h1_route *out)
 
     ctypedef struct h1_config:
         http1_limits limits
@@ -59,6 +75,7 @@ cdef extern from "h1proxy.h" nogil:
         uint32_t counters_len
         h1_route_fn route
         h1_release_fn release
+        h1_retry_fn retry
         void *cb_data
         uint32_t series_base
         uint32_t series_max
@@ -75,6 +92,7 @@ cdef extern from "h1proxy.h" nogil:
         rw_str proto
         rw_str default_host
         int request_id
+        uint32_t headers_timeout_ms
         rw_str peer_addr
         rw_str original_dst
 
@@ -120,7 +138,7 @@ cdef extern from "h1proxy.h" nogil:
 
     ctypedef struct h1_stats:
         uint64_t runs, events, requests, local_responses
-        uint64_t upstream_connects, pool_reuses, pool_evictions, ka_replays
+        uint64_t upstream_connects, pool_reuses, pool_evictions, ka_replays, retries
         unsigned conns, upstream_open, upstream_idle, buffers_free, buffers_total
 
     h1_engine *h1_engine_new(const h1_config *cfg)
@@ -128,6 +146,7 @@ cdef extern from "h1proxy.h" nogil:
     h1_conn *h1_engine_add(h1_engine *e, int fd, void *user, const h1_conn_opts *o)
     int h1_engine_run(h1_engine *e, h1_event *out, int max, int *more)
     int h1_engine_expire(h1_engine *e, uint64_t now_ms)
+    uint64_t h1_engine_next_deadline(const h1_engine *e)
     void h1_engine_drain(h1_engine *e)
     void h1_engine_close_conn(h1_engine *e, h1_conn *c)
     unsigned h1_engine_count(const h1_engine *e)

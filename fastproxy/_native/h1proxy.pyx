@@ -41,6 +41,9 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_INET6
 
 DEF EVENT_BATCH = 64
+DEF TICK_S = 0.05       # the worker's tick period (worker/main.py): deadlines sooner get a wake-up
+
+from time import monotonic as _monotonic
 DEF RECORD_BATCH = 64
 
 # H1_EV_DETACH kinds, as the owner sees them.
@@ -57,6 +60,13 @@ FLAG_NR = H1_F_NR
 FLAG_DC = H1_F_DC
 FLAG_DPE = H1_F_DPE
 FLAG_UPE = H1_F_UPE
+FLAG_UO = H1_F_UO
+FLAG_UH = H1_F_UH
+FLAG_RL = H1_F_RL
+FLAG_FI = H1_F_FI
+FLAG_DI = H1_F_DI
+FLAG_URX = H1_F_URX
+FLAG_SI = H1_F_SI
 
 SERIES_SLOTS = H1_SERIES_SLOTS
 G_SERIES_OVERFLOW = H1_G_SERIES_OVERFLOW
@@ -147,8 +157,17 @@ cdef class Target(Decision):
     src_ip, counting on cluster_block; req_ops / resp_ops are RewriteOps
     (or None); name is the route's, for the request record."""
 
+    cdef public object cluster       # the owner's cluster and route, for a retry's pick
+    cdef public object route
+
     def __init__(self, str ip, int port, src_ip, uint32_t cluster_block, uint32_t connect_timeout_ms,
-                 uint32_t timeout_ms=0, req_ops=None, resp_ops=None, bytes name=b""):
+                 uint32_t timeout_ms=0, req_ops=None, resp_ops=None, bytes name=b"", *,
+                 uintptr_t gcl=0, gcfg=None, uintptr_t gep=0, uint32_t ep_slot=0, retry=None,
+                 uint32_t idle_timeout_ms=0, uint32_t delay_ms=0, object cluster=None, object route=None):
+        """Governance (csrc/h1proxy.h): gcl / gep are the cluster's and the
+        endpoint's shared-memory state addresses (0: none), gcfg a
+        govern.ClusterCfg (required with gcl), retry a govern.RetryCfg.
+        cluster and route are the owner's, for retries."""
         memset(&self.r, 0, sizeof(h1_route))
         self.r.action = H1_ACT_PROXY
         _addr(ip, port, &self.r.upstream)
@@ -162,7 +181,18 @@ cdef class Target(Decision):
         if resp_ops is not None:
             self.r.resp_ops = <const rw_ops *><uintptr_t>resp_ops.address
         _set_str(&self.r.name, name)
-        self.keep = (req_ops, resp_ops, name)
+        if gcl and gcfg is not None:
+            self.r.gcl = <void *>gcl
+            self.r.gcfg = <const void *><uintptr_t>gcfg.address
+        self.r.gep = <void *>gep
+        self.r.ep_slot = ep_slot
+        if retry is not None:
+            self.r.retry = <const void *><uintptr_t>retry.address
+        self.r.idle_timeout_ms = idle_timeout_ms
+        self.r.delay_ms = delay_ms
+        self.cluster = cluster
+        self.route = route
+        self.keep = (req_ops, resp_ops, name, gcfg, retry)
 
 
 cdef class Reply(Decision):
@@ -190,11 +220,13 @@ cdef class Conn:
     cdef public object listener
     cdef public object dst
     cdef public object cache            # the owner's per-connection decision cache
+    cdef public object peer             # the client's ip (str), for source-ip hashing
 
-    def __init__(self, listener, dst):
+    def __init__(self, listener, dst, peer=None):
         self.listener = listener
         self.dst = dst
         self.cache = None
+        self.peer = peer
 
 
 cdef bytes _span(const char *buf, uint32_t off, uint32_t n):
@@ -253,6 +285,25 @@ cdef void _release_cb(void *cb_data, void *ref) noexcept with gil:
     Py_DECREF(<object>ref)
 
 
+cdef int _retry_cb(void *cb_data, void *conn_user, void *ref, const uint32_t *tried, unsigned ntried,
+                   h1_route *out) noexcept with gil:
+    cdef HttpEngine eng = <HttpEngine>cb_data
+    cdef Decision d
+    cdef unsigned i
+    try:
+        d = eng.owner.retry(<Conn>conn_user, <object>ref, tuple([tried[i] for i in range(ntried)]))
+        if d is None or d.r.action != H1_ACT_PROXY:
+            return -1
+        memcpy(out, &d.r, sizeof(h1_route))
+        Py_INCREF(d)
+        out.ref = <void *>d
+        return 0
+    except BaseException as e:
+        eng.errors += 1
+        eng.last_error = e
+        return -1
+
+
 cdef class HttpEngine:
     """The worker's HTTP connections, driven from C. The loop watches one fd: ours."""
     cdef h1_engine *e
@@ -264,6 +315,7 @@ cdef class HttpEngine:
     cdef public uint64_t errors         # decide() raised (the request got a 500)
     cdef public object last_error
     cdef readonly bint records          # records are kept and handed to owner.http_records()
+    cdef uint64_t wake_at               # the deadline a loop timer is set for, 0: none
 
     def __cinit__(self, loop, owner, uintptr_t counters, uint32_t counters_len, *,
                   uint32_t max_head_bytes, uint32_t max_headers, uint32_t max_line_bytes,
@@ -285,6 +337,7 @@ cdef class HttpEngine:
         cfg.counters_len = counters_len
         cfg.route = _route_cb
         cfg.release = _release_cb
+        cfg.retry = _retry_cb
         cfg.cb_data = <void *>self
         cfg.series_base = series_base
         cfg.series_max = series_max
@@ -312,7 +365,7 @@ cdef class HttpEngine:
 
     def add(self, int fd, Conn conn, *, bint detect, uint32_t detect_ms, uint32_t listener_block,
             bytes peer, bytes proto, bytes default_host, bint request_id,
-            bytes peer_addr=b"", bytes original_dst=None):
+            bytes peer_addr=b"", bytes original_dst=None, uint32_t headers_timeout_ms=0):
         """Hands the connected client socket fd to the engine (raises OSError
         on failure: the caller still owns fd). peer_addr / original_dst
         ("ip:port") are for records only: by default the engine asks the
@@ -328,6 +381,7 @@ cdef class HttpEngine:
         _set_str(&o.proto, proto)
         _set_str(&o.default_host, default_host)
         o.request_id = request_id
+        o.headers_timeout_ms = headers_timeout_ms
         if self.records:
             odst = _hostport(conn.dst) if original_dst is None else original_dst
             _set_str(&o.peer_addr, peer_addr)
@@ -401,11 +455,30 @@ cdef class HttpEngine:
                 self.owner.http_records(recs)
         if more:
             self._schedule()
+        self._wake_for_deadline()
+
+    cdef _wake_for_deadline(self):
+        # The worker's tick fires deadlines within its period; a sooner one
+        # (a retry's backoff, a per-try timeout) gets its own wake-up.
+        cdef uint64_t at = h1_engine_next_deadline(self.e)
+        if at == 0 or (self.wake_at != 0 and self.wake_at <= at):
+            return
+        delay = at / 1000.0 - _monotonic()
+        if delay >= TICK_S:
+            return
+        self.wake_at = at
+        self.loop.call_later(delay if delay > 0 else 0, self._wake)
+
+    def _wake(self):
+        self.wake_at = 0
+        self.expire()
 
     def expire(self):
         """Fires the deadlines that passed (called from the worker's tick)."""
         if self.e != NULL and h1_engine_expire(self.e, 0):
             self._schedule()
+        if self.e != NULL:
+            self._wake_for_deadline()
 
     def drain(self):
         if self.e != NULL:

@@ -106,8 +106,8 @@ class Identity:
 
 def decode_key(key: int) -> tuple[bool, int, int, int, int]:
     """(is_tcp, listener_block, cluster_block, flags, status) of a series KEY."""
-    return (bool(key & KEY_TCP), ((key >> 40) & 0x3FFFFF) * BLOCK, ((key >> 20) & 0xFFFFF) * BLOCK,
-            (key >> 10) & 0xFF, key & 0x3FF)
+    return (bool(key & KEY_TCP), ((key >> 42) & 0xFFFFF) * BLOCK, ((key >> 24) & 0x3FFFF) * BLOCK,
+            (key >> 10) & 0x3FFF, key & 0x3FF)
 
 
 def reporter_of(listener) -> str:

@@ -20,6 +20,7 @@
 #include "h1proxy.h"
 #include "sockops.h"
 
+#include <stdatomic.h>
 #include <sys/epoll.h>
 
 /* ---- the world ------------------------------------------------------------------------ */
@@ -71,7 +72,7 @@ struct world {
     int nev, closed, detached;
     h1_event last;
     h1_route route;
-    int route_calls, releases, route_fail;
+    int route_calls, releases, route_fail, retry_calls;
     uint64_t clock_push;     /* ms added to the clock for h1_engine_expire */
 };
 
@@ -96,6 +97,19 @@ static int route_cb(void *cb_data, void *conn_user, const char *buf, const http1
     return 0;
 }
 
+/* A retry names the same upstream (the world has one), with ep_slot + 1. */
+static int retry_cb(void *cb_data, void *conn_user, void *ref, const uint32_t *tried, unsigned ntried,
+                    h1_route *out)
+{
+    world *w = cb_data;
+
+    w->retry_calls++;
+    *out = w->route;
+    out->ep_slot = ntried;
+    out->ref = w;
+    return 0;
+}
+
 static void release_cb(void *cb_data, void *ref)
 {
     world *w = cb_data;
@@ -106,6 +120,8 @@ static void release_cb(void *cb_data, void *ref)
 
 /* A request-line limit for the next world_init (0: the default). */
 static uint32_t g_max_line;
+/* h1_conn_opts.headers_timeout_ms for the next world_init. */
+static uint32_t g_hdrs_ms;
 /* Observability settings for the next world_init (series_*, records*,
  * tracing, trace_sampling; the rest is ignored). */
 static h1_config g_obs;
@@ -127,6 +143,7 @@ static int world_init(world *w, uint32_t buffer, int detect)
     w->cfg.counters_len = 512;
     w->cfg.route = route_cb;
     w->cfg.release = release_cb;
+    w->cfg.retry = retry_cb;
     w->cfg.cb_data = w;
     w->cfg.series_base = g_obs.series_base;
     w->cfg.series_max = g_obs.series_max;
@@ -164,6 +181,7 @@ static int world_init(world *w, uint32_t buffer, int detect)
     o.default_host.ptr = "orig.example:80";
     o.default_host.len = 15;
     o.request_id = 1;
+    o.headers_timeout_ms = g_hdrs_ms;
     w->conn = h1_engine_add(w->e, w->pfd, w, &o);
     if (!w->conn)
         return -1;
@@ -1735,6 +1753,203 @@ static int bench(int n)
     return 0;
 }
 
+/* ---- governance (h1proxy.h "Governance") ------------------------------------------------ */
+
+static int g_seen;     /* requests the stateful handlers below have seen, all connections */
+static const char BUSY[] = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy";
+
+/* The first request gets 503, later ones 200 (or nothing: g_hang_first). */
+static int g_hang_first;
+static void h_first_fails(world *w, sconn *s)
+{
+    size_t end;
+
+    while (s->consumed < s->in_len && (end = req_end(s->in, s->in_len, s->consumed))) {
+        s->consumed = end;
+        s->nreq++;
+        if (++g_seen == 1) {
+            if (!g_hang_first)
+                sc_send(s, BUSY);
+        } else {
+            sc_send(s, OK5);
+        }
+    }
+}
+
+static int upstream_requests(world *w)
+{
+    int i, n = 0;
+
+    for (i = 0; i < w->nsc; i++)
+        n += w->sc[i]->nreq;
+    return n;
+}
+
+/* WAIT, with the engine's timers fired in real time (backoffs, timeouts). */
+#define WAITX(w, expr, ms)                                 \
+    do {                                                   \
+        double dl_ = tk_now() + (ms) / 1000.0;             \
+        while (!(expr) && tk_now() < dl_) {                \
+            h1_engine_expire((w)->e, 0);                   \
+            step(w);                                       \
+        }                                                  \
+    } while (0)
+
+static gv_cluster g_gcl;
+static gv_endpoint g_gep;
+static gv_cluster_cfg g_gcfg;
+static gv_retry g_retry;
+
+static void gov_init(world *w, uint32_t retry_on, uint32_t non_idempotent)
+{
+    memset(&g_gcl, 0, sizeof(g_gcl));
+    memset(&g_gep, 0, sizeof(g_gep));
+    memset(&g_gcfg, 0, sizeof(g_gcfg));
+    memset(&g_retry, 0, sizeof(g_retry));
+    g_gcfg.max_connections = g_gcfg.max_pending_requests = GV_UNLIMITED;
+    g_gcfg.max_requests = g_gcfg.max_retries = GV_UNLIMITED;
+    g_gcfg.nhosts = 1;
+    g_retry.num_retries = 2;
+    g_retry.retry_on = retry_on;
+    g_retry.backoff_base_ms = 1;
+    g_retry.backoff_max_ms = 2;
+    g_retry.non_idempotent = non_idempotent;
+    g_retry.ncodes = 1;
+    g_retry.codes[0] = 503;
+    w->route.gcl = &g_gcl;
+    w->route.gcfg = &g_gcfg;
+    w->route.gep = &g_gep;
+    w->route.retry = retry_on ? &g_retry : NULL;
+    g_seen = 0;
+    g_hang_first = 0;
+}
+
+#define LD(x) ((long long)atomic_load(&(x)))
+
+static int case_retry_status(void)
+{
+    world w;
+    int ok = 0;
+
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    gov_init(&w, GV_RETRY_STATUS_CODES, 0);
+    w.handler = h_first_fails;
+    client_send(&w, "GET /r HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAITX(&w, strstr(cin(&w), "hello"), 2000);
+    CHECK(strncmp(cin(&w), OK5, sizeof(OK5) - 1) == 0, "the retry's answer only: %s", cin(&w));
+    CHECK(upstream_requests(&w) == 2 && w.retry_calls == 1, "2 tries, got %d / %d", upstream_requests(&w),
+          w.retry_calls);
+    WAITX(&w, w.releases == 2, 1000);
+    CHECK(w.releases == 2, "both decisions released (%d)", w.releases);
+    CHECK(LD(g_gcl.rq_active) == 0 && LD(g_gcl.rq_retry_active) == 0 && LD(g_gep.rq_active) == 0,
+          "breakers back to 0: rq %lld retry %lld ep %lld", LD(g_gcl.rq_active), LD(g_gcl.rq_retry_active),
+          LD(g_gep.rq_active));
+    CHECK(LD(g_gcl.rq_retry) == 1 && LD(g_gcl.rq_retry_success) == 1 && LD(g_gep.rq_total) == 2, "retry counters");
+    CHECK(C(&w, CB, H1_C_RQ_TOTAL) == 2, "two upstream requests counted");
+    ok = 1;
+out:
+    world_free(&w);
+    return ok;
+}
+
+static int case_retry_post_safety(void)
+{
+    world w;
+    int ok = 0, pass;
+
+    for (pass = 0; pass < 2; pass++) {
+        /* pass 0: a POST the upstream got is not retried; pass 1: it is, when allowed */
+        CHECK(world_init(&w, 0, 0) == 0, "init");
+        gov_init(&w, GV_RETRY_STATUS_CODES, (uint32_t)pass);
+        w.handler = h_first_fails;
+        client_send(&w, "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde");
+        WAITX(&w, strstr(cin(&w), pass ? "hello" : "busy"), 2000);
+        if (!pass) {
+            CHECK(strncmp(cin(&w), BUSY, sizeof(BUSY) - 1) == 0, "the 503 as is: %s", cin(&w));
+            CHECK(upstream_requests(&w) == 1 && w.retry_calls == 0, "not retried");
+        } else {
+            CHECK(strncmp(cin(&w), OK5, sizeof(OK5) - 1) == 0, "retried: %s", cin(&w));
+            CHECK(upstream_requests(&w) == 2, "2 tries");
+            CHECK(count_of(sin0(&w), "\r\n\r\nabcde") + (w.nsc > 1 ? count_of(w.sc[1]->in, "\r\n\r\nabcde") : 0) == 2,
+                  "the body sent twice, whole");
+        }
+        world_free(&w);
+    }
+    return 1;
+out:
+    world_free(&w);
+    return ok;
+}
+
+static int case_breaker_overflow(void)
+{
+    world w;
+    int ok = 0;
+
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    gov_init(&w, 0, 0);
+    g_gcfg.max_requests = 0;
+    w.handler = h_simple;
+    w.resp = OK5;
+    client_send(&w, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAIT(&w, strstr(cin(&w), "in flight\n"), 2000);
+    CHECK(strncmp(cin(&w), "HTTP/1.1 503 ", 13) == 0 && strstr(cin(&w), "x-fastproxy-overloaded: true\r\n"),
+          "503 with the overload header: %s", cin(&w));
+    CHECK(w.accepts == 0, "nothing sent upstream");
+    CHECK(LD(g_gcl.rq_overflow) == 1 && LD(g_gcl.rq_active) == 0, "overflow counted, count not kept");
+    close(w.cfd);
+    w.cfd = -1;
+    WAIT(&w, w.closed, 2000);
+    CHECK(w.last.flags & H1_F_UO, "UO reported");
+    ok = 1;
+out:
+    world_free(&w);
+    return ok;
+}
+
+static int case_per_try_timeout(void)
+{
+    world w;
+    int ok = 0;
+    double t0;
+
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    gov_init(&w, GV_RETRY_5XX, 0);
+    g_retry.per_try_timeout_ms = 100;
+    g_hang_first = 1;
+    w.handler = h_first_fails;
+    t0 = tk_now();
+    client_send(&w, "GET /t HTTP/1.1\r\nHost: x\r\n\r\n");
+    WAITX(&w, strstr(cin(&w), "hello"), 2000);
+    CHECK(strncmp(cin(&w), OK5, sizeof(OK5) - 1) == 0, "the retry answered: %s", cin(&w));
+    CHECK(tk_now() - t0 >= 0.099, "not before the per-try timeout (%.3f s)", tk_now() - t0);
+    CHECK(C(&w, CB, H1_C_RQ_TIMEOUT) == 1 && w.retry_calls == 1, "one timeout, one retry");
+    ok = 1;
+out:
+    world_free(&w);
+    return ok;
+}
+
+static int case_headers_timeout(void)
+{
+    world w;
+    int ok = 0;
+    double t0;
+
+    g_hdrs_ms = 100;
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    g_hdrs_ms = 0;
+    t0 = tk_now();
+    client_send(&w, "GET / HTTP/1.1\r\nHo");
+    WAITX(&w, w.c_eof, 2000);
+    CHECK(strncmp(cin(&w), "HTTP/1.1 408 ", 13) == 0 && strstr(cin(&w), "headers timeout"), "408: %s", cin(&w));
+    CHECK(tk_now() - t0 >= 0.099, "not before the timeout");
+    ok = 1;
+out:
+    world_free(&w);
+    return ok;
+}
+
 static const tk_timed_case cases[] = {
     { "GET keep-alive x3, pool reuse, counters", case_get_keepalive },
     { "pipelining: 3 in one write, in order", case_pipelining },
@@ -1769,6 +1984,11 @@ static const tk_timed_case cases[] = {
     { "records: downstream reset -> status 0, DC", case_records_reset },
     { "trace: traceparent, B3 multi/single, new (0%)", case_trace },
     { "trace: sampling 100% on new traces", case_trace_sampling },
+    { "retry: 503 then 200 on a retry, breakers back to 0", case_retry_status },
+    { "retry: POST not retried unless non_idempotent", case_retry_post_safety },
+    { "breaker: max_requests -> 503 UO + header", case_breaker_overflow },
+    { "retry: per-try timeout then the retry answers", case_per_try_timeout },
+    { "request headers timeout -> 408", case_headers_timeout },
 };
 
 int main(int argc, char **argv)
