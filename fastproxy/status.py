@@ -4,15 +4,18 @@
 
 Read from the admin port (default 127.0.0.1:15000): /config_dump (the
 config in effect, the table's generation, the last rejected config),
-/workers, and /stats/prometheus twice, --interval seconds apart (default 1),
-for the traffic rates. Shown:
+/workers, /clusters?format=json (each endpoint's health), and
+/stats/prometheus twice, --interval seconds apart (default 1), for the
+traffic rates. Shown:
 
 - listeners: address, kind (capture outbound/inbound, TCP to a cluster,
   HTTP routed by virtual services);
 - routes: each VirtualService's http routes in order, with their match, and
   their destinations and weights (or the redirect / direct response);
-- clusters: each endpoint with its weight and health, the breaker state,
-  and the requests per second sent to it;
+- clusters: each endpoint with its weight and health (HEALTHY, or
+  UNHEALTHY with why: the active health check failed it, outlier detection
+  ejected it), the circuit-breaker thresholds set, and the requests per
+  second sent to the cluster;
 - the table's generation and the last rejected config;
 - the interception rules in effect on this host's network namespace: the
   fastproxy-tagged rules of `iptables-save`, `ip6tables-save` and `nft list
@@ -23,10 +26,6 @@ for the traffic rates. Shown:
   second sent upstream to each (fastproxy_cluster_upstream_rq_total), and a
   cluster shared by several routes is counted in each of them (marked
   "shared").
-
-Health is "HEALTHY" for every configured endpoint (no active health
-checking yet) and the breaker "not configured" (no circuit breakers in the
-config yet): both are reported as the config states them.
 
 build() and render_text() are pure; collect() does the I/O.
 """
@@ -173,10 +172,34 @@ def interception_rules(outputs: dict[str, str | None]) -> list[str]:
     return lines
 
 
+_UNLIMITED = 2 ** 32 - 1
+_THRESHOLDS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
+
+
+def _breaker_text(breakers: dict | None) -> str:
+    """The thresholds a cluster sets (Istio's default is none: 2^32-1 each)."""
+    b = breakers or {}
+    parts = [f"{k} {b[k]}" for k in _THRESHOLDS if b.get(k, _UNLIMITED) != _UNLIMITED]
+    if b.get("budget_percent"):
+        parts.append(f"retry budget {b['budget_percent']:g}% (min {b.get('min_retry_concurrency', 0)})")
+    return ", ".join(parts) or "not configured"
+
+
+def _health_text(status: dict | None) -> str:
+    """HEALTHY, or UNHEALTHY and why, from a /clusters?format=json host status."""
+    if not status or status.get("health_flags", "healthy") == "healthy":
+        return "HEALTHY"
+    why = [w for flag, w in (("failed_active_health_check", "health check failed"),
+                             ("failed_outlier_check", "ejected by outlier detection")) if status.get(flag)]
+    return f"UNHEALTHY ({', '.join(why) or status['health_flags']})"
+
+
 def build(config_dump: dict, workers: list, before: str, after: str, seconds: float,
-          rules: dict) -> dict:
+          rules: dict, hosts: list | None = None) -> dict:
     """The status document. before/after: two /stats/prometheus bodies
-    `seconds` apart; rules: {"visible": bool, "rules": [...], "why": str}."""
+    `seconds` apart; rules: {"visible": bool, "rules": [...], "why": str};
+    hosts: the /clusters?format=json document (None: every endpoint healthy)."""
+    statuses = {(c.get("name"), h.get("address")): h for c in hosts or () for h in c.get("host_statuses") or ()}
     config = config_dump.get("config") or {}
     m0, m1 = parse_metrics(before), parse_metrics(after)
     rq0, rq1 = _by_label(m0, RQ_TOTAL, "cluster_name"), _by_label(m1, RQ_TOTAL, "cluster_name")
@@ -200,8 +223,9 @@ def build(config_dump: dict, workers: list, before: str, after: str, seconds: fl
     for c in config.get("clusters") or []:
         clusters.append({
             "name": c["name"], "lb_policy": c.get("lb_policy", "ROUND_ROBIN"),
-            "breaker": "not configured",
-            "endpoints": [{"address": e["address"], "weight": e.get("weight", 1), "health": "HEALTHY"}
+            "breaker": _breaker_text(c.get("breakers")),
+            "endpoints": [{"address": e["address"], "weight": e.get("weight", 1),
+                           "health": _health_text(statuses.get((c["name"], e["address"])))}
                           for e in c.get("endpoints") or []],
             "requests_total": int(rq1.get(c["name"], 0)),
             "requests_per_s": round(rate.get(c["name"], 0.0), 2),
@@ -335,13 +359,14 @@ def collect(admin: str, interval: float = 1.0, rules: bool = True) -> dict:
     t0 = time.monotonic()
     dump = orjson.loads(_get(host, port, "/config_dump"))
     workers = orjson.loads(_get(host, port, "/workers"))
+    hosts = orjson.loads(_get(host, port, "/clusters?format=json"))
     rule_doc = read_rules() if rules else {"visible": False, "rules": [], "why": "not read: --no-rules"}
     rest = interval - (time.monotonic() - t0)
     if rest > 0:
         time.sleep(rest)
     after = _get(host, port, "/stats/prometheus").decode()
     seconds = max(interval, time.monotonic() - t0)
-    doc = build(dump, workers, before, after, round(seconds, 1), rule_doc)
+    doc = build(dump, workers, before, after, round(seconds, 1), rule_doc, hosts)
     doc["admin"] = f"{host}:{port}"
     return doc
 

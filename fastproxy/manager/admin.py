@@ -40,7 +40,10 @@ class AdminApi:
         if path == "/listeners":
             return _json(200, m.listeners_dump())
         if path == "/clusters":
-            return _json(200, m.clusters_dump())
+            # Envoy's: text lines (cluster::host::health_flags::...), or JSON with ?format=json
+            if query.get("format", [""])[-1] == "json":
+                return _json(200, m.clusters_dump())
+            return Response(200, m.clusters_text())
         if path in ("/config", "/quitquitquit", "/drain_listeners") and method != "POST":
             return Response(405, f"{path} needs POST\n", headers={"Allow": "POST"})
         if path == "/config":

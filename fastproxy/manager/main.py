@@ -21,9 +21,8 @@ import uvloop
 from .. import __version__
 from ..config.load import default_document, load, parse_text
 from ..config.schema import Config, ConfigError
-from ..stats import istio, prometheus
+from ..stats import govern, istio, prometheus
 from ..stats.names import (
-    CLUSTER_HEALTHY,
     G_LOOP_LAG_US,
     SERIES_WIDTH,
     Metric,
@@ -31,6 +30,8 @@ from ..stats.names import (
 )
 from . import http
 from .admin import AdminApi
+from .governance import Governance
+from .health import HealthChecker
 from .lifecycle import watch_app_exit
 from .publisher import Publisher, remove_stale_segments
 from .supervisor import Supervisor
@@ -40,8 +41,12 @@ log = logging.getLogger("fastproxy.manager")
 # Settings a live reload cannot change: they size segments, processes or admin sockets.
 RESTART_ONLY = ("workers", "admin_address", "admin_port", "stats_port", "merged_metrics_port",
                 "health_port", "table_bytes", "counter_slots", "buffer_bytes",
+                # they size the governance segment
+                "max_endpoints", "max_rate_limits",
                 # the counter segment's series area is sized by it
                 "max_series_per_worker",
+                # the governance segment's endpoint and rate-limit slots
+                "max_endpoints", "max_rate_limits",
                 # the HTTP engine is built once per worker with these
                 "http_max_head_bytes", "http_max_headers", "http_max_request_line_bytes",
                 "upstream_pool_max_idle", "upstream_idle_timeout_ms", "http_idle_timeout_s",
@@ -95,6 +100,9 @@ class Manager:
         self.views: list = []                  # CounterView per worker region, for reading series
         self.procs: dict[int, psutil.Process] = {}
         self.app_scrape_failures = 0
+        self.health: HealthChecker | None = None
+        self.governance: Governance | None = None
+        self.governance_task: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -107,10 +115,12 @@ class Manager:
         try:
             return await self._run(loop)
         finally:
+            await self._stop_governance()
             self.publisher.close()
 
     async def _run(self, loop) -> int:
         self.publisher.publish(self.publisher.compile(self.config))
+        self._start_governance()
         self._note_listeners(self.config)
         self._report_reuseport_migration()
         api = AdminApi(self)
@@ -178,6 +188,28 @@ class Manager:
             log.info("net.ipv4.tcp_migrate_req is off: a worker that exits resets the connections "
                      "still queued on its listeners")
 
+    # -- governance: health checks and outlier reviews ----------------------------------
+
+    def _start_governance(self) -> None:
+        seg = self.publisher.govern
+        self.health = HealthChecker(seg)
+        self.governance = Governance(seg, self.health.counts_of)
+        self._apply_governance()
+        self.governance_task = asyncio.ensure_future(self.governance.run())
+
+    def _apply_governance(self) -> None:
+        """After each publish: the checks and reviews follow the new table."""
+        doc = self.publisher.doc
+        self.governance.apply(doc, self.publisher.govern.now_ms())
+        self.health.apply(doc)
+
+    async def _stop_governance(self) -> None:
+        if self.governance_task is not None:
+            self.governance_task.cancel()
+            await asyncio.gather(self.governance_task, return_exceptions=True)
+        if self.health is not None:
+            await self.health.close()
+
     # -- readiness ----------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
@@ -213,6 +245,7 @@ class Manager:
         self.settings = config.settings
         self._note_listeners(config)
         gen = self.publisher.publish(payload)
+        self._apply_governance()
         self.reloads["ok"] += 1
         log.info("config reloaded from %s: generation %d", source, gen)
         return True, gen
@@ -269,7 +302,13 @@ class Manager:
         return [_plain(l) for l in self.config.listeners]
 
     def clusters_dump(self) -> list[dict]:
-        return [_plain(c) for c in self.config.clusters]
+        """/clusters?format=json: each configured cluster, with its hosts' state."""
+        hosts = {c.name: govern.host_statuses(c) for c in self.governance.snapshot()}
+        return [{**_plain(c), "host_statuses": hosts.get(c.name, [])} for c in self.config.clusters]
+
+    def clusters_text(self) -> str:
+        """/clusters: Envoy's text lines, every cluster of the published table."""
+        return govern.clusters_text(self.governance.snapshot())
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -318,7 +357,7 @@ class Manager:
         base, nmax = series_area(self.settings)
         blocks = self.publisher.slots.blocks
         samples = prometheus.samples(self.publisher.counters.sum(base), blocks)
-        samples += [(CLUSTER_HEALTHY, {"cluster_name": c.name}, len(c.endpoints)) for c in self.config.clusters]
+        samples += govern.samples(self.governance.snapshot(), self.governance.buckets())
         series = istio.sum_series(v.series(base, nmax, SERIES_WIDTH) for v in self._views())
         clusters = {b: name for (kind, name), b in blocks.items() if kind == "cluster"}
         samples += istio.samples(series, self.reporters, clusters, istio.Identity.from_settings(self.settings),
@@ -372,6 +411,8 @@ def _plain(obj):
         return [_plain(x) for x in obj]
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, bytes):   # e.g. a health check's path and host (ASCII, checked by the parser)
+        return obj.decode("latin-1")
     return obj
 
 

@@ -59,7 +59,8 @@ class Supervisor:
         p = self.publisher
         slot.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "fastproxy.worker", "--id", str(slot.id), "--table", p.table_name,
-            "--counters", p.counters_name, "--log-level", self.log_level, "--parent", str(os.getpid()),
+            "--counters", p.counters_name, "--govern", p.govern_name, "--log-level", self.log_level,
+            "--parent", str(os.getpid()),
             stdin=asyncio.subprocess.DEVNULL)
         p.counters.set_worker_info(slot.id, pid=slot.proc.pid, applied_generation=0, draining=0)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config.schema import SETTINGS_BY_NAME
+
 BLOCK = 16  # slots per listener or cluster
 
 # Listener block (label listener_name). rx = from the client, tx = to the client.
@@ -97,12 +99,12 @@ KEY_TCP = 1 << 62
 
 
 def http_key(listener_block: int, cluster_block: int, flags: int, status: int) -> int:
-    return (KEY_VALID | (listener_block // BLOCK) << 40 | (cluster_block // BLOCK) << 20
-            | (flags & 0xFF) << 10 | (status & 0x3FF))
+    return (KEY_VALID | (listener_block // BLOCK) << 42 | (cluster_block // BLOCK) << 24
+            | (flags & 0x3FFF) << 10 | (status & 0x3FF))
 
 
 def tcp_key(listener_block: int, cluster_block: int) -> int:
-    return KEY_VALID | KEY_TCP | (listener_block // BLOCK) << 40 | (cluster_block // BLOCK) << 20
+    return KEY_VALID | KEY_TCP | (listener_block // BLOCK) << 42 | (cluster_block // BLOCK) << 24
 
 
 def series_area(settings) -> tuple[int, int]:
@@ -127,8 +129,16 @@ FLAG_NR = 0x08   # no route
 FLAG_DC = 0x10   # downstream connection termination
 FLAG_DPE = 0x20  # downstream protocol error
 FLAG_UPE = 0x40  # upstream protocol error
-_FLAG_LETTERS = ((FLAG_UT, "UT"), (FLAG_UF, "UF"), (FLAG_UC, "UC"), (FLAG_NR, "NR"), (FLAG_DC, "DC"),
-                 (FLAG_DPE, "DPE"), (FLAG_UPE, "UPE"))
+FLAG_UO = 0x80   # upstream overflow (a circuit breaker)
+FLAG_UH = 0x100  # no healthy upstream
+FLAG_RL = 0x200  # rate limited
+FLAG_FI = 0x400  # fault injected: aborted
+FLAG_DI = 0x800  # fault injected: delayed
+FLAG_URX = 0x1000  # upstream retry limit exceeded
+FLAG_SI = 0x2000   # stream idle timeout
+_FLAG_LETTERS = ((FLAG_UH, "UH"), (FLAG_UT, "UT"), (FLAG_UF, "UF"), (FLAG_UC, "UC"), (FLAG_UO, "UO"),
+                 (FLAG_NR, "NR"), (FLAG_DI, "DI"), (FLAG_FI, "FI"), (FLAG_RL, "RL"), (FLAG_DC, "DC"),
+                 (FLAG_URX, "URX"), (FLAG_SI, "SI"), (FLAG_DPE, "DPE"), (FLAG_UPE, "UPE"))
 _FLAGS_TEXT: dict[int, str] = {}
 
 
@@ -185,8 +195,47 @@ CLUSTER_METRICS: tuple[tuple[Metric, int, dict[str, str]], ...] = (
     (Metric("fastproxy_cluster_upstream_keepalive_race_replays_total", "counter", "HTTP requests sent again on a new connection because the pooled one closed before any response byte."), C_KA_RACE, {}),
 )
 CLUSTER_ACTIVE = Metric("fastproxy_cluster_upstream_cx_active", "gauge", "Upstream connections open.")
-# Health checks do not exist yet: every configured endpoint counts as healthy.
-CLUSTER_HEALTHY = Metric("fastproxy_cluster_membership_healthy", "gauge", "Endpoints of the cluster taken as healthy (all configured ones, until health checks exist).")
+
+# Traffic governance (csrc/govern.h), read from the governance segment at
+# scrape time (stats/govern.py renders them). Label cluster_name, except the
+# local rate limits (label route). Envoy's stat names, under our prefix.
+CLUSTER_HEALTHY = Metric("fastproxy_cluster_membership_healthy", "gauge", "Endpoints of the cluster that take new requests: neither failed by the active health check nor ejected by outlier detection.")
+CLUSTER_MEMBERS = Metric("fastproxy_cluster_membership_total", "gauge", "Endpoints of the cluster.")
+GV_CX_OVERFLOW = Metric("fastproxy_cluster_upstream_cx_overflow_total", "counter", "Upstream connections not opened because the cluster had circuit_breakers.max_connections open.")
+GV_RQ_PENDING_OVERFLOW = Metric("fastproxy_cluster_upstream_rq_pending_overflow_total", "counter", "Requests refused (503 UO) because circuit_breakers.max_pending_requests requests were already waiting for a connection.")
+GV_RQ_ACTIVE_OVERFLOW = Metric("fastproxy_cluster_upstream_rq_active_overflow_total", "counter", "Requests refused (503 UO) because the cluster had circuit_breakers.max_requests requests in flight.")
+GV_RQ_RETRY = Metric("fastproxy_cluster_upstream_rq_retry_total", "counter", "Retries started.")
+GV_RQ_RETRY_SUCCESS = Metric("fastproxy_cluster_upstream_rq_retry_success_total", "counter", "Retries whose response was final (not retried again).")
+GV_RQ_RETRY_OVERFLOW = Metric("fastproxy_cluster_upstream_rq_retry_overflow_total", "counter", "Retries not started because of circuit_breakers.max_retries or the retry budget.")
+GV_RQ_ACTIVE = Metric("fastproxy_cluster_upstream_rq_active", "gauge", "Requests in flight upstream, first attempts and retries, all workers.")
+GV_RQ_PENDING_ACTIVE = Metric("fastproxy_cluster_upstream_rq_pending_active", "gauge", "Requests waiting for an upstream connection (max_connections reached), all workers.")
+# Envoy's circuit_breakers.<priority>.*: one priority, "default".
+GV_CB_CX_OPEN = Metric("fastproxy_cluster_circuit_breakers_default_cx_open", "gauge", "1 while the max_connections circuit breaker is at its limit (admits no more), else 0.")
+GV_CB_RQ_PENDING_OPEN = Metric("fastproxy_cluster_circuit_breakers_default_rq_pending_open", "gauge", "1 while the max_pending_requests circuit breaker is at its limit, else 0.")
+GV_CB_RQ_OPEN = Metric("fastproxy_cluster_circuit_breakers_default_rq_open", "gauge", "1 while the max_requests circuit breaker is at its limit, else 0.")
+GV_CB_RQ_RETRY_OPEN = Metric("fastproxy_cluster_circuit_breakers_default_rq_retry_open", "gauge", "1 while the retry circuit breaker (max_retries, or the retry budget) is at its limit, else 0.")
+GV_CB_REMAINING_CX = Metric("fastproxy_cluster_circuit_breakers_default_remaining_cx", "gauge", "Upstream connections left before max_connections.")
+GV_CB_REMAINING_PENDING = Metric("fastproxy_cluster_circuit_breakers_default_remaining_pending", "gauge", "Pending requests left before max_pending_requests.")
+GV_CB_REMAINING_RQ = Metric("fastproxy_cluster_circuit_breakers_default_remaining_rq", "gauge", "Requests left before max_requests.")
+GV_CB_REMAINING_RETRIES = Metric("fastproxy_cluster_circuit_breakers_default_remaining_retries", "gauge", "Retries left before max_retries (or the retry budget).")
+# Only for clusters with outlier_detection.
+GV_OD_EJECTIONS_ACTIVE = Metric("fastproxy_cluster_outlier_detection_ejections_active", "gauge", "Endpoints ejected now.")
+GV_OD_ENFORCED_TOTAL = Metric("fastproxy_cluster_outlier_detection_ejections_enforced_total", "counter", "Ejections, for any reason.")
+GV_OD_ENFORCED_5XX = Metric("fastproxy_cluster_outlier_detection_ejections_enforced_consecutive_5xx_total", "counter", "Ejections after consecutive_5xx 5xx responses or local-origin failures.")
+GV_OD_ENFORCED_GATEWAY = Metric("fastproxy_cluster_outlier_detection_ejections_enforced_consecutive_gateway_failure_total", "counter", "Ejections after consecutive_gateway_failure 502/503/504 responses or local-origin failures.")
+GV_OD_OVERFLOW = Metric("fastproxy_cluster_outlier_detection_ejections_overflow_total", "counter", "Ejections not made because max_ejection_percent of the endpoints were ejected already.")
+# Only for clusters with health_checks; the manager runs the checks.
+HC_ATTEMPT = Metric("fastproxy_cluster_health_check_attempt_total", "counter", "Active health checks made.")
+HC_SUCCESS = Metric("fastproxy_cluster_health_check_success_total", "counter", "Active health checks that passed.")
+HC_FAILURE = Metric("fastproxy_cluster_health_check_failure_total", "counter", "Active health checks that failed: an unexpected status, or a network failure.")
+HC_NETWORK_FAILURE = Metric("fastproxy_cluster_health_check_network_failure_total", "counter", "Active health checks that failed to connect, were reset, or timed out.")
+HC_HEALTHY = Metric("fastproxy_cluster_health_check_healthy", "gauge", "Endpoints the active health check holds healthy.")
+# Envoy's http_local_rate_limit.*, per bucket (label route: the route's or
+# virtual service's config path). Every request checked is enforced.
+RL_ENABLED = Metric("fastproxy_http_local_rate_limit_enabled_total", "counter", "Requests checked against the local rate limit's token bucket.")
+RL_ENFORCED = Metric("fastproxy_http_local_rate_limit_enforced_total", "counter", "Requests refused by the local rate limit (429 RL).")
+RL_RATE_LIMITED = Metric("fastproxy_http_local_rate_limit_rate_limited_total", "counter", "Requests that found no token in the bucket.")
+RL_OK = Metric("fastproxy_http_local_rate_limit_ok_total", "counter", "Requests that took a token.")
 
 WORKER_METRICS: tuple[tuple[Metric, int], ...] = (
     (Metric("fastproxy_relay_spliced_bytes_total", "counter", "Bytes relayed through splice() (zero copy)."), G_SPLICED_BYTES),
@@ -206,11 +255,23 @@ CLUSTER_OPEN_CLOSE_PAIRS = ((C_CX_TOTAL, C_CX_DESTROY),)
 
 
 class SlotRegistry:
-    """Stable slot blocks for listener and cluster names (manager side)."""
+    """Stable slots, handed out when a config is compiled (manager side):
+    counter blocks for listener and cluster names (block()), and slots of
+    the governance segment (csrc/govern.h) for endpoints (endpoint(): one
+    per cluster and address) and local rate-limit buckets (bucket(): one
+    per owner key, the route's or virtual service's config path). A key
+    keeps its slot for the registry's life, so shared state (ejections,
+    tokens) survives reloads; slots are never reused. Running out raises
+    OverflowError naming the setting to raise."""
 
-    def __init__(self, nslots: int):
+    def __init__(self, nslots: int, max_endpoints: int = SETTINGS_BY_NAME["max_endpoints"].default,
+                 max_rate_limits: int = SETTINGS_BY_NAME["max_rate_limits"].default):
         self.nslots = nslots
+        self.max_endpoints = max_endpoints
+        self.max_rate_limits = max_rate_limits
         self.blocks: dict[tuple[str, str], int] = {}
+        self._endpoints: dict[tuple[str, str, int], int] = {}
+        self._buckets: dict[str, int] = {}
 
     def block(self, kind: str, name: str) -> int:
         key = (kind, name)
@@ -221,3 +282,34 @@ class SlotRegistry:
                 raise OverflowError(f"counter slots exhausted ({self.nslots}); raise settings.counter_slots")
             self.blocks[key] = base
         return base
+
+    def endpoint(self, cluster: str, ip: str, port: int) -> int:
+        """The governance slot of endpoint ip:port of cluster."""
+        key = (cluster, ip, port)
+        slot = self._endpoints.get(key)
+        if slot is None:
+            slot = len(self._endpoints)
+            if slot >= self.max_endpoints:
+                raise OverflowError(f"endpoint slots exhausted ({self.max_endpoints}); "
+                                    "raise settings.max_endpoints")
+            self._endpoints[key] = slot
+        return slot
+
+    def bucket(self, key: str) -> int:
+        """The governance slot of the rate-limit bucket owned by key."""
+        slot = self._buckets.get(key)
+        if slot is None:
+            slot = len(self._buckets)
+            if slot >= self.max_rate_limits:
+                raise OverflowError(f"rate-limit slots exhausted ({self.max_rate_limits}); "
+                                    "raise settings.max_rate_limits")
+            self._buckets[key] = slot
+        return slot
+
+    def endpoint_slots(self) -> dict[tuple[str, str, int], int]:
+        """Every endpoint slot handed out: (cluster, ip, port) -> slot (a copy)."""
+        return dict(self._endpoints)
+
+    def bucket_slots(self) -> dict[str, int]:
+        """Every bucket slot handed out: owner key -> slot (a copy)."""
+        return dict(self._buckets)

@@ -1,10 +1,12 @@
 """A worker process: one uvloop loop, its own SO_REUSEPORT listeners, the HTTP and L4 paths.
 
 Started by the manager as `python -m fastproxy.worker --id N --table NAME
---counters NAME`. It reads the routing table from shared memory, binds the
-table's listeners, records the generation it applied in its counter region
-(the manager's readiness reads it), and picks up every new generation
-without restarting: on the next connection or within one tick.
+--counters NAME --govern NAME`. It reads the routing table from shared
+memory, binds the table's listeners, records the generation it applied in
+its counter region (the manager's readiness reads it), and picks up every
+new generation without restarting: on the next connection or within one
+tick. It maps the governance segment (breakers, ejections, health, rate
+limits) read-write as `Worker.govern`, for the HTTP path.
 
 Exit codes: 0 after a drain, 78 (EX_CONFIG) when the first table's listeners
 cannot be bound, 1 on an unexpected error.
@@ -22,6 +24,7 @@ import sys
 
 import uvloop
 
+from .._native.govern import GovernSegment
 from .._native.shm import CounterSegment, TableReader
 from ..routing.table import RouteTable
 from ..stats.names import G_LOOP_LAG_US
@@ -37,12 +40,14 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Worker:
-    def __init__(self, loop, worker_id: int, table_name: str, counters_name: str):
+    def __init__(self, loop, worker_id: int, table_name: str, counters_name: str, govern_name: str):
         self.loop = loop
         self.id = worker_id
         self.reader = TableReader(table_name)
         self.segment = CounterSegment(counters_name)
         self.view = self.segment.view(worker_id)
+        # Breakers, ejections, health and rate limits, shared with every worker (csrc/govern.h).
+        self.govern = GovernSegment(govern_name)
         self.table: RouteTable | None = None
         self.generation = 0
         self.listeners = ListenerSet(loop, self._on_accept)
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--id", type=int, required=True)
     p.add_argument("--table", required=True)
     p.add_argument("--counters", required=True)
+    p.add_argument("--govern", required=True)
     p.add_argument("--log-level", default="info")
     p.add_argument("--parent", type=int, default=0, help="manager pid; exit if it is gone")
     args = p.parse_args(argv)
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        w = Worker(loop, args.id, args.table, args.counters)
+        w = Worker(loop, args.id, args.table, args.counters, args.govern)
         try:
             w.start()
         except OSError as e:
@@ -177,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         loop.run_until_complete(w.done)
         w.http.close()
         w.l4.close()
+        w.govern.close()
         return 0
     finally:
         loop.close()

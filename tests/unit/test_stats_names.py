@@ -56,7 +56,34 @@ def test_registry_hands_out_whole_blocks():
 
 def test_response_flag_bits_equal_the_c_engine_ones():
     defines = dict(re.findall(r"^#define\s+H1_F_([A-Z]+)\s+(0x[0-9a-fA-F]+)", H1PROXY_H.read_text(), re.MULTILINE))
-    assert len(defines) == 7, defines
+    assert len(defines) == 14, defines
     for letters, value in defines.items():
         assert getattr(names, f"FLAG_{letters}") == int(value, 16), letters
         assert names.response_flags(int(value, 16)) == letters
+
+
+def test_registry_endpoint_and_bucket_slots():
+    reg = SlotRegistry(FIRST_BLOCK * BLOCK + BLOCK, max_endpoints=3, max_rate_limits=2)
+    assert [reg.endpoint("a", "10.0.0.1", 80), reg.endpoint("a", "10.0.0.2", 80), reg.endpoint("b", "10.0.0.1", 80)] \
+        == [0, 1, 2]
+    assert reg.endpoint("a", "10.0.0.2", 80) == 1           # stable per (cluster, ip, port)
+    with pytest.raises(OverflowError, match=r"endpoint slots exhausted \(3\); raise settings.max_endpoints"):
+        reg.endpoint("a", "10.0.0.1", 81)
+    assert (reg.bucket("virtual_services[0]"), reg.bucket("virtual_services[0].http[1]")) == (0, 1)
+    assert reg.bucket("virtual_services[0]") == 0
+    with pytest.raises(OverflowError, match=r"rate-limit slots exhausted \(2\); raise settings.max_rate_limits"):
+        reg.bucket("virtual_services[1]")
+    eps = reg.endpoint_slots()
+    assert eps == {("a", "10.0.0.1", 80): 0, ("a", "10.0.0.2", 80): 1, ("b", "10.0.0.1", 80): 2}
+    eps.clear()   # a copy
+    assert len(reg.endpoint_slots()) == 3
+    assert reg.bucket_slots() == {"virtual_services[0]": 0, "virtual_services[0].http[1]": 1}
+
+
+def test_registry_capacities_default_to_the_settings():
+    from fastproxy.config.schema import SETTINGS_BY_NAME
+
+    reg = SlotRegistry(1024)
+    assert reg.max_endpoints == SETTINGS_BY_NAME["max_endpoints"].default == 4096
+    assert reg.max_rate_limits == SETTINGS_BY_NAME["max_rate_limits"].default == 1024
+    assert SlotRegistry(1024, 5, 6).max_endpoints == 5
