@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from random import random
 
 from .._native import h1proxy as native
 from .._native.relay import peer_addr
@@ -29,6 +30,7 @@ from ..observe.exporter import SpanExporter
 from ..observe.record import BlockNames
 from ..observe.sink import AccessLogSink
 from ..observe.spans import sampled
+from ..policy.retry import ISTIO_DEFAULT
 from ..routing.table import (
     MODE_INBOUND,
     MODE_TCP,
@@ -37,6 +39,7 @@ from ..routing.table import (
     RouteTable,
 )
 from ..stats.names import L_CX_DESTROY, series_area
+from .govern import ClusterGov, retry_cfg
 
 log = logging.getLogger("fastproxy.worker")
 
@@ -73,9 +76,17 @@ class HttpPath:
             records=self.records,
             tracing=bool(settings["tracing"]), trace_sampling=float(settings["trace_sampling"]))
         self.generation = 0
-        self.targets: dict = {}           # (cluster, ip, port, route ops) -> Target, this generation
+        self.targets: dict = {}           # (cluster, endpoint, native route) -> Target, this generation
+        self.gov: dict = {}               # ClusterRoute -> ClusterGov, this generation
+        self.govern = worker.govern       # the governance segment (csrc/govern.h), shared by the workers
         self.seq = 0                      # weighted picks: request number, hashed
         self.no_route = native.Reply(404, b"Not Found", b"", b"no route matched this request\n", native.FLAG_NR)
+        self.no_healthy = native.Reply(503, b"Service Unavailable", b"",
+                                       b"no healthy upstream\n", native.FLAG_UH)
+        self.limited = native.Reply(429, b"Too Many Requests", b"x-envoy-ratelimited: true\r\n",
+                                    b"local_rate_limited\n", native.FLAG_RL)
+        self.aborts: dict[int, object] = {}   # fault abort status -> Reply
+        self.default_native = None        # a route-less request's engine form (Istio's default retries)
 
     # -- connections ------------------------------------------------------------------
 
@@ -91,9 +102,11 @@ class HttpPath:
         client = hostport(ip, port).encode() if ip and self.records else b""
         s = table.settings
         try:
-            self.engine.add(fd, native.Conn(listener, dst), detect=detect, detect_ms=s["detect_timeout_ms"],
-                            listener_block=listener.block, peer=peer, proto=b"http", default_host=host,
-                            request_id=bool(s["generate_request_id"]), peer_addr=client, original_dst=host)
+            self.engine.add(fd, native.Conn(listener, dst, ip or None), detect=detect,
+                            detect_ms=s["detect_timeout_ms"], listener_block=listener.block, peer=peer,
+                            proto=b"http", default_host=host, request_id=bool(s["generate_request_id"]),
+                            peer_addr=client, original_dst=host,
+                            headers_timeout_ms=listener.request_headers_timeout_ms)
         except OSError:
             self.l4.unopened(fd, listener.block)
 
@@ -132,16 +145,23 @@ class HttpPath:
         if route is None:
             if listener.mode == MODE_TCP:
                 cluster = listener.http_cluster
-                return self.no_route if cluster is None else self._target(table, cluster, None)
-            return conn.cache or self._outbound(table, conn)
+                return self.no_route if cluster is None else self._target(cluster, None, conn, headers)
+            return conn.cache or self._outbound(table, conn, headers)
         kind = route.kind
         native_route = route.native
         if native_route is None:
-            native_route = route.native = _compile_route(route)
+            native_route = route.native = _compile_route(route, table.settings)
         if kind == "route":
+            if native_route.gated:
+                early = self._admit(route)
+                if early is not None:
+                    return early
+                delay = self._delay(route)
+            else:
+                delay = 0
             self.seq += 1
             cluster = route.clusters[(self.seq * _HASH) % 100]
-            return self._target(table, cluster, native_route)
+            return self._target(cluster, native_route, conn, headers, delay)
         if kind == "redirect":
             loc = route.redirect.location(b"http", authority, target)
             return native.Reply(route.redirect.code, _reason(route.redirect.code), b"location: " + loc + b"\r\n",
@@ -157,31 +177,93 @@ class HttpPath:
     def _new_table(self, table: RouteTable) -> None:
         self.generation = table.generation
         self.targets = {}
+        self.gov = {}
+        self.default_native = _Native(None, None, b"", retry_cfg(ISTIO_DEFAULT),
+                                      table.settings["http_request_timeout_ms"], 0, 0)
 
-    def _target(self, table: RouteTable, cluster: ClusterRoute, native_route):
-        """The Target for the next endpoint of cluster, with the route's header ops."""
-        if cluster.passthrough or not cluster.ring:
+    # -- governance ---------------------------------------------------------------------
+
+    def _admit(self, route):
+        """The route's rate limits and fault abort: a Reply when the request
+        stops here, else None."""
+        g = self.govern
+        b = route.vh_rate_limit
+        if b is not None and not g.take(route.vh_rate_limit_slot, b.max_tokens, b.tokens_per_fill,
+                                        b.fill_interval_ms):
+            return self.limited
+        b = route.rate_limit
+        if b is not None and not g.take(route.rate_limit_slot, b.max_tokens, b.tokens_per_fill,
+                                        b.fill_interval_ms):
+            return self.limited
+        f = route.fault
+        if f is not None and f.abort_status and random() * 100.0 < f.abort_percent:
+            r = self.aborts.get(f.abort_status)
+            if r is None:
+                r = self.aborts[f.abort_status] = native.Reply(
+                    f.abort_status, _reason(f.abort_status), b"", b"fault filter abort\n", native.FLAG_FI)
+            return r
+        return None
+
+    @staticmethod
+    def _delay(route) -> int:
+        f = route.fault
+        if f is not None and f.delay_ms and random() * 100.0 < f.delay_percent:
+            return f.delay_ms
+        return 0
+
+    def _cluster_gov(self, cluster: ClusterRoute) -> ClusterGov:
+        g = self.gov[cluster] = ClusterGov(cluster, self.govern)
+        return g
+
+    def _target(self, cluster: ClusterRoute, native_route, conn, headers, delay: int = 0):
+        """The Target for the next endpoint of cluster, with the route's policy and header ops."""
+        if cluster.passthrough or not cluster.endpoints:
             return self.no_route
-        ip, port = cluster.pick()
-        key = (cluster, ip, port, native_route)
+        if native_route is None:
+            native_route = self.default_native
+        g = self.gov.get(cluster) or self._cluster_gov(cluster)
+        ep = g.pick(conn, headers)
+        if ep is None:
+            return self.no_healthy
+        if delay:
+            return self._new_target(cluster, g, ep, native_route, delay)
+        key = (cluster, ep.slot, native_route)
         t = self.targets.get(key)
         if t is None:
-            req = resp = None
-            name = b""
-            if native_route is not None:
-                req, resp, name = native_route
-            t = self.targets[key] = native.Target(
-                ip, port, None, cluster.block, int(cluster.connect_timeout * 1000),
-                table.settings["http_request_timeout_ms"], req, resp, name)
+            t = self.targets[key] = self._new_target(cluster, g, ep, native_route, 0)
         return t
 
-    def _outbound(self, table: RouteTable, conn):
+    @staticmethod
+    def _new_target(cluster: ClusterRoute, g: ClusterGov, ep, nr, delay: int):
+        connect_ms = nr.connect_timeout_ms or int(cluster.connect_timeout * 1000)
+        return native.Target(ep.ip, ep.port, None, cluster.block, connect_ms, nr.timeout_ms, nr.req, nr.resp,
+                             nr.name, gcl=g.gcl, gcfg=g.cfg, gep=g.eps.get(ep.slot, 0), ep_slot=ep.slot,
+                             retry=nr.retry, idle_timeout_ms=nr.idle_timeout_ms, delay_ms=delay,
+                             cluster=cluster, route=nr)
+
+    def retry(self, conn, target, tried: tuple[int, ...]):
+        """Another endpoint for a retry (the engine asks; see csrc/h1proxy.h)."""
+        cluster = target.cluster
+        if cluster is None:
+            return None
+        g = self.gov.get(cluster) or self._cluster_gov(cluster)
+        ep = g.pick_other(tried)
+        if ep is None:
+            return None
+        nr = target.route
+        key = (cluster, ep.slot, nr)
+        t = self.targets.get(key)
+        if t is None:
+            t = self.targets[key] = self._new_target(cluster, g, ep, nr, 0)
+        return t
+
+    def _outbound(self, table: RouteTable, conn, headers):
         """No route matched on a capture listener: as the TCP path would route it."""
         cluster = table.outbound(conn.dst)
         if cluster is None:
             return self.no_route                # REGISTRY_ONLY (flag NR)
         if not cluster.passthrough:
-            return self._target(table, cluster, None)
+            return self._target(cluster, None, conn, headers)
         ip, port = conn.dst
         d = conn.cache = native.Target(ip, port, None, cluster.block, int(cluster.connect_timeout * 1000),
                                        table.settings["http_request_timeout_ms"])
@@ -248,9 +330,22 @@ def _span_exporter(loop, counters, settings: dict, names: BlockNames) -> SpanExp
         return None
 
 
-def _compile_route(route):
-    """A route's C form: (request RewriteOps, response RewriteOps, name) for
-    kind route, a Reply for a direct response, None for a redirect."""
+class _Native:
+    """A route's engine form (kind route): header operations, name, retry
+    policy and timeouts, shared by every Target of the route."""
+
+    __slots__ = ("req", "resp", "name", "retry", "timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "gated")
+
+    def __init__(self, req, resp, name: bytes, retry, timeout_ms: int, idle_timeout_ms: int,
+                 connect_timeout_ms: int, gated: bool = False):
+        self.req, self.resp, self.name, self.retry = req, resp, name, retry
+        self.timeout_ms, self.idle_timeout_ms, self.connect_timeout_ms = timeout_ms, idle_timeout_ms, connect_timeout_ms
+        self.gated = gated      # rate limits or a fault: decide() consults _admit / _delay
+
+
+def _compile_route(route, settings: dict):
+    """A route's C form: a _Native for kind route, a Reply for a direct
+    response, None for a redirect."""
     if route.kind == "route":
         rq, rs = route.request_headers, route.response_headers
         req = None
@@ -258,7 +353,10 @@ def _compile_route(route):
             req = RewriteOps(rq.set, rq.add, rq.remove, path=route.rewrite_uri,
                              path_prefix_len=route.rewrite_prefix_len, authority=route.rewrite_authority)
         resp = None if rs.empty else RewriteOps(rs.set, rs.add, rs.remove)
-        return (req, resp, _name(route))
+        return _Native(req, resp, _name(route), retry_cfg(route.retry),
+                       route.timeout_ms or settings["http_request_timeout_ms"], route.idle_timeout_ms,
+                       route.connect_timeout_ms,
+                       route.fault is not None or route.rate_limit is not None or route.vh_rate_limit is not None)
     if route.kind == "direct_response":
         return native.Reply(route.direct_status, _reason(route.direct_status), b"content-type: text/plain\r\n",
                             route.direct_body, name=_name(route))

@@ -126,7 +126,9 @@ def test_istio_counts_equal_the_truth_summed_over_two_workers(loaded_proxy):
            "destination_service": "backend", "request_protocol": "http", "response_flags": "-",
            "destination_workload": "unknown", "connection_security_policy": "unknown"}
     assert istio(m, "istio_requests_total", response_code="200", **src) == total - fails
-    assert istio(m, "istio_requests_total", response_code="503", **src) == fails
+    # Istio's default retry policy retried each 503 twice, then passed it on:
+    # Envoy's URX (retry limit exceeded)
+    assert istio(m, "istio_requests_total", response_code="503", **{**src, "response_flags": "URX"}) == fails
     assert len(m.matching("istio_requests_total")) == 2       # exactly these two series
     for code, n in (("200", total - fails), ("503", fails)):
         for h in ("istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"):
@@ -183,7 +185,10 @@ def test_proxy_internals(loaded_proxy):
         assert 0 <= m.value("fastproxy_worker_event_loop_lag_seconds", worker=w) < 5
     assert m.value("fastproxy_cluster_membership_healthy", cluster_name="backend") == 1
     assert m.value("fastproxy_listener_downstream_cx_total", listener_name="tcp") == TCP_CONNECTIONS
-    assert m.value("fastproxy_cluster_upstream_rq_total", cluster_name="backend") == CLIENTS * PER_CLIENT
+    fails = CLIENTS * PER_CLIENT // FAIL_EVERY
+    # every 503 was tried 3 times (Istio's default: 2 retries on 503)
+    assert m.value("fastproxy_cluster_upstream_rq_total", cluster_name="backend") == CLIENTS * PER_CLIENT + 2 * fails
+    assert m.value("fastproxy_cluster_upstream_rq_retry_total", cluster_name="backend") == 2 * fails
     for name in ("fastproxy_request_records_dropped_total", "fastproxy_access_log_dropped_total",
                  "fastproxy_spans_dropped_total", "fastproxy_metric_series_dropped_total"):
         assert m.matching(name), name

@@ -1,0 +1,126 @@
+"""The worker's view of traffic governance: which endpoint of a cluster gets a
+request, and the native objects the HTTP engine enforces policy with.
+
+The decisions are pure (fastproxy/policy/); the state they read is shared by
+every worker in the governance segment (csrc/govern.h): endpoint health and
+ejections, requests in flight per endpoint, circuit breakers, rate-limit
+buckets. A ClusterGov rebuilds its balancer only when the cluster's
+availability version moved, so a request to a watched cluster costs one
+8-byte shared-memory load before the pick.
+"""
+from __future__ import annotations
+
+from random import getrandbits
+
+from .._native.govern import ClusterCfg, GovernSegment, RetryCfg
+from ..policy import lb
+from ..policy.retry import RetryPolicy
+
+
+class ClusterGov:
+    """One cluster of one table generation, in this worker."""
+
+    __slots__ = ("cluster", "govern", "slot", "gcl", "cfg", "watch", "version", "balancer", "state",
+                 "hash_header", "hash_cookie", "hash_source", "eps", "policy", "opts", "panic", "built")
+
+    def __init__(self, cluster, govern: GovernSegment):
+        self.cluster = cluster
+        self.govern = govern
+        self.slot = cluster.slot
+        self.gcl = govern.cluster_address(cluster.slot)
+        b = cluster.breakers
+        od = cluster.outlier
+        self.cfg = ClusterCfg(
+            max_connections=b.max_connections, max_pending_requests=b.max_pending_requests,
+            max_requests=b.max_requests, max_retries=b.max_retries, budget_percent=b.budget_percent,
+            min_retry_concurrency=b.min_retry_concurrency, od_enabled=od is not None,
+            consecutive_5xx=od.consecutive_5xx if od else 0,
+            consecutive_gateway_failure=od.consecutive_gateway_failure if od else 0,
+            base_ejection_ms=od.base_ejection_time_ms if od else 0,
+            max_ejection_ms=od.max_ejection_time_ms if od else 0,
+            max_ejection_percent=od.max_ejection_percent if od else 0,
+            nhosts=len(cluster.endpoints))
+        self.watch = od is not None or cluster.health_check is not None
+        doc = cluster.lb_doc
+        self.policy = doc["policy"]
+        self.opts = doc
+        self.panic = cluster.panic
+        h = doc.get("hash") or {}
+        self.hash_header = h["header"].lower().encode() if "header" in h else None
+        self.hash_cookie = h["cookie"].encode() if "cookie" in h else None
+        self.hash_source = bool(h.get("source_ip"))
+        # endpoint slot -> its shared state's address (the engine counts attempts there)
+        self.eps = {ep.slot: govern.endpoint_address(ep.slot) for ep in cluster.endpoints}
+        self.version = -1
+        # balancer per chosen host set: a flapping host does not rebuild (a
+        # Maglev table costs tens of ms) nor restart the rotation each time
+        self.built: dict[tuple[int, ...], object] = {}
+        self.balancer = None
+        self.state = "none"
+        self.refresh()
+
+    def refresh(self) -> None:
+        g = self.govern
+        self.version = g.version(self.slot)
+        hosts = self.cluster.endpoints
+        available = [g.available(ep.slot) for ep in hosts] if self.watch else [True] * len(hosts)
+        chosen, self.state = lb.select_hosts(hosts, available, self.panic)
+        if not chosen:
+            self.balancer = None
+            return
+        key = tuple(ep.slot for ep in chosen)
+        b = self.built.get(key)
+        if b is None:
+            b = self.built[key] = lb.build(self.policy, chosen, self.opts, active=g.rq_active)
+        self.balancer = b
+
+    def pick(self, conn, headers):
+        """The endpoint for a new request, or None: no healthy endpoint (503 UH)."""
+        if self.watch and self.govern.version(self.slot) != self.version:
+            self.refresh()
+        b = self.balancer
+        if b is None:
+            return None
+        if self.hash_header is None and self.hash_cookie is None and not self.hash_source:
+            return b.pick()
+        return b.pick(self._key(conn, headers))
+
+    def pick_other(self, tried: tuple[int, ...]):
+        """An endpoint for a retry, avoiding the tried ones when it can (previous_hosts)."""
+        if self.watch and self.govern.version(self.slot) != self.version:
+            self.refresh()
+        b = self.balancer
+        if b is None:
+            return None
+        return b.pick_other(tried)
+
+    def _key(self, conn, headers) -> int:
+        if self.hash_header is not None:
+            v = headers.get(self.hash_header) if headers is not None else None
+        elif self.hash_cookie is not None:
+            v = _cookie(headers.get(b"cookie") if headers is not None else None, self.hash_cookie)
+        else:
+            v = conn.peer.encode() if conn.peer else None
+        # no key in the request: a random one (Envoy picks at random then)
+        return lb.hash_key(v) if v is not None else getrandbits(64)
+
+
+def _cookie(header: bytes | None, name: bytes) -> bytes | None:
+    """The value of cookie `name` in a Cookie field (RFC 6265 §4.2.1), or None."""
+    if not header:
+        return None
+    for part in header.split(b";"):
+        k, sep, v = part.strip().partition(b"=")
+        if sep and k == name:
+            return v
+    return None
+
+
+def retry_cfg(policy: RetryPolicy | None) -> RetryCfg | None:
+    """The engine's form of a route's retry policy."""
+    if policy is None:
+        return None
+    return RetryCfg(num_retries=policy.num_retries, retry_on=policy.retry_on,
+                    per_try_timeout_ms=policy.per_try_timeout_ms, codes=tuple(policy.codes),
+                    non_idempotent=policy.non_idempotent, backoff_base_ms=policy.backoff_base_ms,
+                    backoff_max_ms=policy.backoff_max_ms)
