@@ -2122,10 +2122,14 @@ static void cw_retry_all(h1_engine *e)
 }
 
 /* The keep-alive race: a reused connection died before answering while the
- * whole request is still in R; send it again on a fresh connection. */
+ * whole request is still in R; send it again on a fresh connection. Only
+ * when that is safe: the upstream may have received it and acted on it
+ * before the reset, so an idempotent method (as Go's transport), or a route
+ * that allows retrying non-idempotent requests. */
 static int can_replay(const h1_conn *c)
 {
-    return c->up && c->up->reused && !c->replayed && c->hold && !c->resp_byte && c->rs == RS_HEAD;
+    return c->up && c->up->reused && !c->replayed && c->hold && !c->resp_byte && c->rs == RS_HEAD &&
+           (c->idempotent || (c->route.retry && c->route.retry->non_idempotent));
 }
 
 static void replay(h1_engine *e, h1_conn *c)

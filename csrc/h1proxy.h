@@ -65,10 +65,12 @@
  *                                                              reset, flag UC
  *   an invalid response head or framing                     -> 502
  * The keep-alive race: when a REUSED pooled connection fails (write error,
- * EOF or reset) before any response byte arrived, and every byte of the
+ * EOF or reset) before any response byte arrived, every byte of the
  * request sent on it is still held (the head and the whole body fit in the
- * buffer, which is kept until the response head arrives), the request is
- * sent again on a fresh connection: the client never sees that race.
+ * buffer, which is kept until the response head arrives), and the request
+ * is safe to send twice (an idempotent method, or the route's retry policy
+ * allows non-idempotent ones), the request is sent again on a fresh
+ * connection: the client never sees that race.
  * Idle pooled connections stay registered: an EOF or reset on one removes it
  * from the pool at once.
  *

@@ -111,13 +111,15 @@ def test_invalid_chunk_in_a_response_body_cuts_the_client_response(start_proxy):
 
 def test_keep_alive_race_replays_on_a_fresh_connection(start_proxy):
     """Deterministic: the upstream reads request 2 of every connection and
-    closes without a byte, as one that timed the connection out just then."""
+    closes without a byte, as one that timed the connection out just then.
+    PUT: idempotent, so safe to send again (a POST is not: see
+    test_governance_retries)."""
     with HttpUpstream("backend", drop_after=1) as up:
         proxy, port, _ = _proxy(start_proxy, up.address)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         statuses = []
         for i in range(40):
-            conn.request("POST", f"/race/{i}", body=b"payload-%d" % i, headers={"Host": "svc.local"})
+            conn.request("PUT", f"/race/{i}", body=b"payload-%d" % i, headers={"Host": "svc.local"})
             resp = conn.getresponse()
             body = resp.read()
             statuses.append(resp.status)
