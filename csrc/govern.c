@@ -521,3 +521,76 @@ int gv_method_idempotent(const char *m, uint32_t len)
         return 0;
     }
 }
+
+/* ---- per-worker ledger ----------------------------------------------------------- */
+
+uint64_t gv_ledger_slots(const void *base)
+{
+    const gv_hdr *h = base;
+
+    return (uint64_t)h->ncluster * GV_LEDGER_CL + h->nendpoint;
+}
+
+void gv_ledger_add(const void *base, int64_t *ledger, const gv_cluster *c, int what, int64_t d)
+{
+    const gv_hdr *h = base;
+    const gv_cluster *first;
+    uint64_t i;
+
+    if (!ledger || !c)
+        return;
+    first = (const gv_cluster *)((const char *)base + GV_HEADER_BYTES);
+    if (c < first || (i = (uint64_t)(c - first)) >= h->ncluster)
+        return;
+    /* single writer: the owning worker */
+    __atomic_store_n(&ledger[i * GV_LEDGER_CL + (uint64_t)what],
+                     __atomic_load_n(&ledger[i * GV_LEDGER_CL + (uint64_t)what], __ATOMIC_RELAXED) + d,
+                     __ATOMIC_RELAXED);
+}
+
+void gv_ledger_add_ep(const void *base, int64_t *ledger, const gv_endpoint *ep, int64_t d)
+{
+    const gv_hdr *h = base;
+    const gv_endpoint *first;
+    uint64_t i, at;
+
+    if (!ledger || !ep)
+        return;
+    first = (const gv_endpoint *)((const char *)base + GV_HEADER_BYTES + (uint64_t)h->ncluster * sizeof(gv_cluster));
+    if (ep < first || (i = (uint64_t)(ep - first)) >= h->nendpoint)
+        return;
+    at = (uint64_t)h->ncluster * GV_LEDGER_CL + i;
+    __atomic_store_n(&ledger[at], __atomic_load_n(&ledger[at], __ATOMIC_RELAXED) + d, __ATOMIC_RELAXED);
+}
+
+static uint64_t undo(_Atomic int64_t *shared, int64_t *held)
+{
+    int64_t v = __atomic_exchange_n(held, 0, __ATOMIC_RELAXED);
+
+    if (!v)
+        return 0;
+    atomic_fetch_sub_explicit(shared, v, memory_order_relaxed);
+    return (uint64_t)(v < 0 ? -v : v);
+}
+
+uint64_t gv_reclaim(void *base, int64_t *ledger)
+{
+    const gv_hdr *h = base;
+    uint64_t n = 0;
+    uint32_t i;
+
+    if (!ledger)
+        return 0;
+    for (i = 0; i < h->ncluster; i++) {
+        gv_cluster *c = gv_cluster_at(base, i);
+        int64_t *l = &ledger[(uint64_t)i * GV_LEDGER_CL];
+
+        n += undo(&c->rq_active, &l[GV_L_RQ]);
+        n += undo(&c->cx_active, &l[GV_L_CX]);
+        n += undo(&c->rq_pending, &l[GV_L_PENDING]);
+        n += undo(&c->rq_retry_active, &l[GV_L_RETRY]);
+    }
+    for (i = 0; i < h->nendpoint; i++)
+        n += undo(&gv_endpoint_at(base, i)->rq_active, &ledger[(uint64_t)h->ncluster * GV_LEDGER_CL + i]);
+    return n;
+}

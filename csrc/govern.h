@@ -128,6 +128,32 @@ void gv_bucket_reset(gv_bucket *b);
 
 uint64_t gv_now_ms(void);   /* CLOCK_MONOTONIC */
 
+/* ---- per-worker ledger ----------------------------------------------------------------
+ * A worker that dies mid-request cannot release what it held, and shared
+ * atomics cannot tell whose share is whose. So each worker also keeps a
+ * LEDGER of its own holdings (single writer: plain relaxed stores), in
+ * memory that outlives it (its region of the counter segment). Layout, in
+ * int64 slots: [ncluster][GV_LEDGER_CL] then [nendpoint] (rq_active).
+ * When the worker is gone, the manager calls gv_reclaim: every holding is
+ * subtracted from the shared counts and the ledger is zeroed, before a new
+ * worker takes the region. */
+#define GV_LEDGER_CL   4
+#define GV_L_RQ        0   /* rq_active */
+#define GV_L_CX        1   /* cx_active */
+#define GV_L_PENDING   2   /* rq_pending */
+#define GV_L_RETRY     3   /* rq_retry_active */
+
+/* int64 slots of a ledger for this segment. */
+uint64_t gv_ledger_slots(const void *base);
+/* Adds d to what the ledger holds of counter `what` (GV_L_*) of cluster c, or
+ * of endpoint ep's rq_active; nothing when ledger is NULL or the pointer is
+ * not a slot of base. */
+void gv_ledger_add(const void *base, int64_t *ledger, const gv_cluster *c, int what, int64_t d);
+void gv_ledger_add_ep(const void *base, int64_t *ledger, const gv_endpoint *ep, int64_t d);
+/* Manager, the ledger's worker gone: undoes its holdings, zeroes the ledger.
+ * Returns how many holdings (sum of absolute values) it undid. */
+uint64_t gv_reclaim(void *base, int64_t *ledger);
+
 /* ---- circuit breakers -------------------------------------------------------------
  * Each acquire is an atomic increment that is undone when it would pass
  * the threshold: the count never stays above it, whatever the number of

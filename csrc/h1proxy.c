@@ -1206,6 +1206,8 @@ static void pool_unlink(h1_engine *e, h1_up *u)
     e->st.upstream_idle--;
 }
 
+static void g_release(h1_engine *e, gv_cluster *c, int what);
+
 static void up_close(h1_engine *e, h1_up *u, int abort_it)
 {
     if (u->dead)
@@ -1219,7 +1221,7 @@ static void up_close(h1_engine *e, h1_up *u, int abort_it)
     cnt(e, u->block, H1_C_CX_DESTROY, 1);
     e->st.upstream_open--;
     if (u->gcl) {
-        gv_cx_release(u->gcl);
+        g_release(e, u->gcl, GV_L_CX);
         u->gcl = NULL;
         e->cw_kick = e->cw_head != NULL;
     }
@@ -1498,7 +1500,7 @@ static void conn_end(h1_engine *e, h1_conn *c, int how, int detach)
         ev.cluster_block = c->route.cluster_block;
         timer_cancel(e, &u->t);
         if (u->gcl) {
-            gv_cx_release(u->gcl);
+            g_release(e, u->gcl, GV_L_CX);
             u->gcl = NULL;
         }
         e->st.upstream_open--;
@@ -1843,6 +1845,37 @@ static int send_request_head(h1_engine *e, h1_conn *c)
 
 /* ---- governance: breakers, outlier reports, retries (see h1proxy.h) ---------- */
 
+/* A breaker acquire / release (GV_L_*), mirrored in this worker's ledger. */
+static int g_acquire(h1_engine *e, gv_cluster *c, const gv_cluster_cfg *cfg, int what)
+{
+    int ok = what == GV_L_RQ ? gv_rq_acquire(c, cfg)
+           : what == GV_L_CX ? gv_cx_acquire(c, cfg)
+           : what == GV_L_PENDING ? gv_pending_acquire(c, cfg) : gv_retry_acquire(c, cfg);
+
+    if (ok)
+        gv_ledger_add(e->cfg.gv_base, e->cfg.gv_ledger, c, what, 1);
+    return ok;
+}
+
+static void g_release(h1_engine *e, gv_cluster *c, int what)
+{
+    if (what == GV_L_RQ)
+        gv_rq_release(c);
+    else if (what == GV_L_CX)
+        gv_cx_release(c);
+    else if (what == GV_L_PENDING)
+        gv_pending_release(c);
+    else
+        gv_retry_release(c);
+    gv_ledger_add(e->cfg.gv_base, e->cfg.gv_ledger, c, what, -1);
+}
+
+static void g_ep(h1_engine *e, gv_endpoint *ep, int64_t d)
+{
+    atomic_fetch_add_explicit(&ep->rq_active, d, memory_order_relaxed);
+    gv_ledger_add_ep(e->cfg.gv_base, e->cfg.gv_ledger, ep, d);
+}
+
 static void begin_attempt(h1_engine *e, h1_conn *c);
 
 static void cw_unlink(h1_engine *e, h1_conn *c)
@@ -1881,28 +1914,28 @@ static void gov_report(h1_engine *e, h1_conn *c, int outcome)
 }
 
 /* The live attempt is over (its upstream closed or released by the caller). */
-static void gov_attempt_end(h1_conn *c)
+static void gov_attempt_end(h1_engine *e, h1_conn *c)
 {
     if (c->gv_ep) {
-        atomic_fetch_sub_explicit(&c->route.gep->rq_active, 1, memory_order_relaxed);
+        g_ep(e, c->route.gep, -1);
         c->gv_ep = 0;
     }
     if (c->gv_retry) {
-        gv_retry_release(c->route.gcl);
+        g_release(e, c->route.gcl, GV_L_RETRY);
         c->gv_retry = 0;
     }
 }
 
 static void gov_request_end(h1_engine *e, h1_conn *c)
 {
-    gov_attempt_end(c);
+    gov_attempt_end(e, c);
     if (c->gv_pending) {
-        gv_pending_release(c->route.gcl);
+        g_release(e, c->route.gcl, GV_L_PENDING);
         c->gv_pending = 0;
     }
     cw_unlink(e, c);
     if (c->gv_rq) {
-        gv_rq_release(c->route.gcl);
+        g_release(e, c->route.gcl, GV_L_RQ);
         c->gv_rq = 0;
     }
     timer_cancel(e, &c->t2);
@@ -1954,16 +1987,16 @@ static int try_retry(h1_engine *e, h1_conn *c, int outcome, int status)
         return 0;
     if (c->deadline && e->now >= c->deadline)
         return 0;
-    gov_attempt_end(c);
+    gov_attempt_end(e, c);
     if (c->route.gcl) {
-        if (!gv_retry_acquire(c->route.gcl, c->route.gcfg))
+        if (!g_acquire(e, c->route.gcl, c->route.gcfg, GV_L_RETRY))
             return 0;
         c->gv_retry = 1;
     }
     memset(&nr, 0, sizeof(nr));
     if (e->cfg.retry(e->cfg.cb_data, c->user, c->route.ref, c->tried, c->ntried, &nr) < 0 ||
         nr.action != H1_ACT_PROXY) {
-        gov_attempt_end(c);
+        gov_attempt_end(e, c);
         return 0;
     }
     if (c->up) {
@@ -2027,9 +2060,9 @@ static void begin_attempt(h1_engine *e, h1_conn *c)
         e->st.pool_reuses++;
         cnt(e, c->route.cluster_block, H1_C_POOL_REUSED, 1);
     } else {
-        if (c->route.gcl && !gv_cx_acquire(c->route.gcl, c->route.gcfg)) {
+        if (c->route.gcl && !g_acquire(e, c->route.gcl, c->route.gcfg, GV_L_CX)) {
             if (!c->gv_pending) {
-                if (!gv_pending_acquire(c->route.gcl, c->route.gcfg)) {
+                if (!g_acquire(e, c->route.gcl, c->route.gcfg, GV_L_PENDING)) {
                     overflow(e, c, "upstream overflow: too many requests waiting for a connection\n");
                     return;
                 }
@@ -2041,14 +2074,14 @@ static void begin_attempt(h1_engine *e, h1_conn *c)
         }
         if (!(u = up_connect(e, c))) {
             if (c->route.gcl)
-                gv_cx_release(c->route.gcl);
+                g_release(e, c->route.gcl, GV_L_CX);
             connect_failed(e, c, 0);
             return;
         }
         u->gcl = c->route.gcl;
     }
     if (c->gv_pending) {
-        gv_pending_release(c->route.gcl);
+        g_release(e, c->route.gcl, GV_L_PENDING);
         c->gv_pending = 0;
     }
     c->up = u;
@@ -2058,7 +2091,7 @@ static void begin_attempt(h1_engine *e, h1_conn *c)
     c->replayed = 0;
     c->gv_reported = 0;
     if (c->route.gep) {
-        atomic_fetch_add_explicit(&c->route.gep->rq_active, 1, memory_order_relaxed);
+        g_ep(e, c->route.gep, 1);
         atomic_fetch_add_explicit(&c->route.gep->rq_total, 1, memory_order_relaxed);
         c->gv_ep = 1;
         if (c->ntried < sizeof(c->tried) / sizeof(c->tried[0]))
@@ -2080,7 +2113,7 @@ static void begin_proxy(h1_engine *e, h1_conn *c)
         return;
     }
     if (c->route.gcl) {
-        if (!gv_rq_acquire(c->route.gcl, c->route.gcfg)) {
+        if (!g_acquire(e, c->route.gcl, c->route.gcfg, GV_L_RQ)) {
             overflow(e, c, "upstream overflow: too many requests in flight\n");
             return;
         }
@@ -2144,7 +2177,7 @@ static void replay(h1_engine *e, h1_conn *c)
     c->replayed = 1;
     if (!c->route.retry)
         c->hold = 0;
-    if (c->route.gcl && !gv_cx_acquire(c->route.gcl, c->route.gcfg)) {
+    if (c->route.gcl && !g_acquire(e, c->route.gcl, c->route.gcfg, GV_L_CX)) {
         /* no room for a fresh connection: as a reset before the response */
         gov_report(e, c, GV_GATEWAY);
         if (!try_retry(e, c, GV_ATTEMPT_RESET, 0))
@@ -2153,7 +2186,7 @@ static void replay(h1_engine *e, h1_conn *c)
     }
     if (!(u = up_connect(e, c))) {
         if (c->route.gcl)
-            gv_cx_release(c->route.gcl);
+            g_release(e, c->route.gcl, GV_L_CX);
         connect_failed(e, c, 0);
         return;
     }

@@ -355,6 +355,8 @@ typedef struct h1_config {
     h1_route_fn route;
     h1_release_fn release;
     h1_retry_fn retry;            /* NULL: no retries */
+    void *gv_base;                /* the governance segment (govern.h), for the ledger */
+    int64_t *gv_ledger;           /* this worker's ledger (gv_ledger_slots(gv_base) slots); NULL: none */
     void *cb_data;
     /* Observability (see above); all zero = off, and then a request costs
      * one branch more than without it. */

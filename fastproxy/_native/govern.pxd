@@ -101,6 +101,9 @@ cdef extern from "govern.h" nogil:
 
     uint64_t gv_now_ms()
 
+    uint64_t gv_ledger_slots(const void *base)
+    uint64_t gv_reclaim(void *base, int64_t *ledger)
+
     int gv_rq_acquire(gv_cluster *c, const gv_cluster_cfg *cfg)
     void gv_rq_release(gv_cluster *c)
     int gv_cx_acquire(gv_cluster *c, const gv_cluster_cfg *cfg)

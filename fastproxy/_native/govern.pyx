@@ -483,6 +483,21 @@ cdef class GovernSegment:
         cdef gv_endpoint *ep = self._endpoint(ep_slot)
         return gv_uneject_due(c, ep, &cfg.c, now_ms if now_ms else gv_now_ms()) != 0
 
+    @property
+    def ledger_slots(self):
+        """int64 slots of one worker's ledger (govern.h "per-worker ledger")."""
+        self._open()
+        return gv_ledger_slots(self._base)
+
+    def reclaim(self, uintptr_t ledger):
+        """The ledger's worker is gone: undo what it held (breaker counts,
+        endpoint rq_active) and zero the ledger. ledger: its address (in the
+        worker's counter region). Returns the holdings undone."""
+        self._open()
+        if ledger == 0:
+            raise ValueError("no ledger address")
+        return gv_reclaim(self._base, <int64_t *>ledger)
+
     def reset_cluster(self, long long slot):
         """Zeroes the slot (before it is handed to a new owner)."""
         gv_cluster_reset(self._cluster(slot))

@@ -76,6 +76,8 @@ cdef extern from "h1proxy.h" nogil:
         h1_route_fn route
         h1_release_fn release
         h1_retry_fn retry
+        void *gv_base
+        int64_t *gv_ledger
         void *cb_data
         uint32_t series_base
         uint32_t series_max

@@ -322,7 +322,7 @@ cdef class HttpEngine:
                   uint32_t buffer_bytes, uint32_t pool_max_idle, uint32_t pool_idle_ms,
                   uint32_t client_idle_ms, uint32_t series_base=0, uint32_t series_max=0,
                   bint records=False, uint32_t records_cap=4096, bint tracing=False,
-                  double trace_sampling=1.0):
+                  double trace_sampling=1.0, uintptr_t gv_base=0, uintptr_t gv_ledger=0):
         cdef h1_config cfg
         memset(&cfg, 0, sizeof(cfg))
         http1_limits_init(&cfg.limits)
@@ -338,6 +338,9 @@ cdef class HttpEngine:
         cfg.route = _route_cb
         cfg.release = _release_cb
         cfg.retry = _retry_cb
+        # the governance segment and this worker's ledger in it (h1proxy.h)
+        cfg.gv_base = <void *>gv_base
+        cfg.gv_ledger = <int64_t *>gv_ledger if gv_base else NULL
         cfg.cb_data = <void *>self
         cfg.series_base = series_base
         cfg.series_max = series_max

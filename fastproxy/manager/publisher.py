@@ -17,7 +17,7 @@ from .._native.govern import GovernSegment
 from .._native.shm import CounterSegment, TableWriter
 from ..config.schema import Config
 from ..routing.table import compile_table, encode
-from ..stats.names import BLOCK, SlotRegistry, region_slots, series_area
+from ..stats.names import BLOCK, SlotRegistry, ledger_area, region_slots, series_area
 
 log = logging.getLogger("fastproxy.manager")
 
@@ -74,15 +74,17 @@ class Publisher:
         self.slots = SlotRegistry(settings["counter_slots"], max_endpoints=settings["max_endpoints"],
                                   max_rate_limits=settings["max_rate_limits"])
         self.series = series_area(settings)     # (base, max) of every region's series area
+        self.ledger = ledger_area(settings)[0]   # first slot of every region's governance ledger
         self.writer = TableWriter(self.table_name, settings["table_bytes"])
         self.counters = self.govern = None
         try:
-            # Each region: settings.counter_slots static slots, then the Istio series area.
+            # Each region: settings.counter_slots static slots, the Istio series area, the ledger.
             self.counters = CounterSegment(self.counters_name, settings["workers"], region_slots(settings),
                                            create=True)
             # Cluster slot i belongs to the cluster whose counter block is i * BLOCK.
             self.govern = GovernSegment(self.govern_name, create=True, ncluster=settings["counter_slots"] // BLOCK,
                                         nendpoint=settings["max_endpoints"], nbucket=settings["max_rate_limits"])
+            assert ledger_area(settings)[1] == self.govern.ledger_slots
         except BaseException:
             self.close()
             raise

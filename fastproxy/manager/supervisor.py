@@ -99,6 +99,10 @@ class Supervisor:
         for i, s in enumerate(view.series(area, nmax, SERIES_WIDTH)):
             if s[0] & KEY_TCP:
                 view.set(area + i * SERIES_WIDTH + T_CLOSED, s[T_OPENED])
+        # and what it held of the shared breaker and endpoint counts
+        undone = self.publisher.govern.reclaim(view.address + 8 * self.publisher.ledger)
+        if undone:
+            log.warning("worker %d held %d circuit-breaker/endpoint counts; released", worker, undone)
 
     def alive(self) -> list[WorkerSlot]:
         return [s for s in self.slots if s.proc is not None and s.proc.returncode is None]

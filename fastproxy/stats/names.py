@@ -114,10 +114,22 @@ def series_area(settings) -> tuple[int, int]:
     return settings["counter_slots"], settings["max_series_per_worker"]
 
 
-def region_slots(settings) -> int:
-    """Slots per worker region: the static slots plus the series area."""
+def ledger_area(settings) -> tuple[int, int]:
+    """(first slot, slots) of the worker's governance ledger (csrc/govern.h:
+    what it holds of the shared breaker and endpoint counts, reclaimed by the
+    manager if it dies), after the series area: one GV_LEDGER_CL group per
+    cluster slot (counter_slots // BLOCK), then one slot per endpoint slot."""
     base, n = series_area(settings)
-    return base + n * SERIES_WIDTH
+    return base + n * SERIES_WIDTH, settings["counter_slots"] // BLOCK * LEDGER_CL + settings["max_endpoints"]
+
+
+LEDGER_CL = 4   # govern.h GV_LEDGER_CL
+
+
+def region_slots(settings) -> int:
+    """Slots per worker region: the static slots, the series area, the ledger."""
+    base, n = ledger_area(settings)
+    return base + n
 
 
 # Response flags (csrc/h1proxy.h H1_F_*, a test checks), as Envoy's letters in

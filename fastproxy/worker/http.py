@@ -38,7 +38,7 @@ from ..routing.table import (
     ListenerRoute,
     RouteTable,
 )
-from ..stats.names import L_CX_DESTROY, series_area
+from ..stats.names import L_CX_DESTROY, ledger_area, series_area
 from .govern import ClusterGov, retry_cfg
 
 log = logging.getLogger("fastproxy.worker")
@@ -74,7 +74,8 @@ class HttpPath:
             client_idle_ms=settings["http_idle_timeout_s"] * 1000,
             series_base=series_base, series_max=series_max,
             records=self.records,
-            tracing=bool(settings["tracing"]), trace_sampling=float(settings["trace_sampling"]))
+            tracing=bool(settings["tracing"]), trace_sampling=float(settings["trace_sampling"]),
+            gv_base=worker.govern.address, gv_ledger=counters.address + 8 * ledger_area(settings)[0])
         self.generation = 0
         self.targets: dict = {}           # (cluster, endpoint, native route) -> Target, this generation
         self.gov: dict = {}               # ClusterRoute -> ClusterGov, this generation

@@ -19,6 +19,7 @@
 #include "testkit.h"
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <sys/wait.h>
 
@@ -1452,6 +1453,59 @@ static int test_mp_ejection(void)
     return 0;
 }
 
+/* A worker's ledger mirrors what it holds; gv_reclaim undoes exactly that
+ * (another worker's holdings stay). */
+static int test_ledger_reclaim(void)
+{
+    struct seg s;
+    gv_cluster *c0, *c1;
+    gv_endpoint *ep;
+    gv_cluster_cfg cfg = cfg_open();
+    int64_t *dead, *live;
+    uint64_t n;
+
+    CHECK_EQ(seg_map(&s, 2, 3, 0), 0);
+    CHECK_EQ(gv_ledger_slots(s.base), 2 * GV_LEDGER_CL + 3);
+    dead = calloc(gv_ledger_slots(s.base), sizeof(int64_t));
+    live = calloc(gv_ledger_slots(s.base), sizeof(int64_t));
+    c0 = gv_cluster_at(s.base, 0);
+    c1 = gv_cluster_at(s.base, 1);
+    ep = gv_endpoint_at(s.base, 2);
+    /* the worker that will die: 2 requests and a connection on c1, a retry on c0, 2 at ep */
+    CHECK_EQ(gv_rq_acquire(c1, &cfg), 1);
+    gv_ledger_add(s.base, dead, c1, GV_L_RQ, 1);
+    CHECK_EQ(gv_rq_acquire(c1, &cfg), 1);
+    gv_ledger_add(s.base, dead, c1, GV_L_RQ, 1);
+    CHECK_EQ(gv_cx_acquire(c1, &cfg), 1);
+    gv_ledger_add(s.base, dead, c1, GV_L_CX, 1);
+    CHECK_EQ(gv_retry_acquire(c0, &cfg), 1);
+    gv_ledger_add(s.base, dead, c0, GV_L_RETRY, 1);
+    atomic_fetch_add(&ep->rq_active, 2);
+    gv_ledger_add_ep(s.base, dead, ep, 2);
+    /* a live worker: 1 request on c1, 1 at ep */
+    CHECK_EQ(gv_rq_acquire(c1, &cfg), 1);
+    gv_ledger_add(s.base, live, c1, GV_L_RQ, 1);
+    atomic_fetch_add(&ep->rq_active, 1);
+    gv_ledger_add_ep(s.base, live, ep, 1);
+    /* pointers outside the segment are ignored, not written anywhere */
+    gv_ledger_add(s.base, dead, (gv_cluster *)s.base, GV_L_RQ, 1);
+    gv_ledger_add(s.base, NULL, c1, GV_L_RQ, 1);
+    n = gv_reclaim(s.base, dead);
+    CHECK_EQ(n, 6);
+    CHECK_EQ(ldi64(&c1->rq_active), 1);
+    CHECK_EQ(ldi64(&c1->cx_active), 0);
+    CHECK_EQ(ldi64(&c0->rq_retry_active), 0);
+    CHECK_EQ(ldi64(&ep->rq_active), 1);
+    CHECK_EQ(gv_reclaim(s.base, dead), 0);              /* zeroed: twice is harmless */
+    CHECK_EQ(gv_reclaim(s.base, live), 2);
+    CHECK_EQ(ldi64(&c1->rq_active), 0);
+    CHECK_EQ(ldi64(&ep->rq_active), 0);
+    free(dead);
+    free(live);
+    seg_unmap(&s);
+    return 0;
+}
+
 /* ---- main ---------------------------------------------------------------------- */
 
 static const tk_case cases[] = {
@@ -1480,6 +1534,7 @@ static const tk_case cases[] = {
     {"4 processes: one epoch, exactly max_tokens", test_mp_bucket_one_epoch},
     {"4 processes: 20 epochs, exactly one fill each", test_mp_bucket_epochs},
     {"4 processes: ejections capped, counts exact", test_mp_ejection},
+    {"ledger: reclaim undoes a dead worker's holdings", test_ledger_reclaim},
 };
 
 int main(void)

@@ -34,6 +34,7 @@ from fastproxy.stats.names import (
     T_TX_BYTES,
     Metric,
     http_key,
+    ledger_area,
     region_slots,
     series_area,
     tcp_key,
@@ -123,9 +124,11 @@ def test_key_packing_round_trips():
 
 
 def test_series_area_sits_on_top_of_the_static_slots():
-    settings = {"counter_slots": 65536, "max_series_per_worker": 2048}
+    settings = {"counter_slots": 65536, "max_series_per_worker": 2048, "max_endpoints": 4096}
     assert series_area(settings) == (65536, 2048)
-    assert region_slots(settings) == 65536 + 2048 * SERIES_WIDTH
+    # then the governance ledger: 4 slots per cluster slot, 1 per endpoint slot
+    assert ledger_area(settings) == (65536 + 2048 * SERIES_WIDTH, 65536 // 16 * 4 + 4096)
+    assert region_slots(settings) == 65536 + 2048 * SERIES_WIDTH + 65536 // 16 * 4 + 4096
 
 
 def test_sum_series_adds_by_key_not_by_offset():
@@ -327,21 +330,26 @@ def test_a_dead_workers_tcp_series_are_closed_by_the_supervisor():
     are gone: closed catches up with opened (HTTP series are left alone)."""
     from types import SimpleNamespace
 
+    from fastproxy._native.govern import GovernSegment
     from fastproxy.manager.supervisor import Supervisor
     from fastproxy.stats.names import SlotRegistry
 
     base, nmax = 1024, 4
+    ledger = base + nmax * SERIES_WIDTH
     name = f"/fastproxy-test-{os.getpid()}-reconcile"
-    with CounterSegment(name, 1, base + nmax * SERIES_WIDTH, create=True) as seg:
+    gov = GovernSegment(f"{name}-govern", create=True, ncluster=base // 16, nendpoint=8, nbucket=1)
+    with CounterSegment(name, 1, ledger + gov.ledger_slots, create=True) as seg:
         try:
             view = seg.view(0)
             for i, s in enumerate([http_series(K200, [1, 2]), tcp_series(K_TCP, 5, 3, 10, 20)]):
                 for off in range(SERIES_WIDTH - 1, -1, -1):
                     view.set(base + i * SERIES_WIDTH + off, s[off])
-            publisher = SimpleNamespace(counters=seg, slots=SlotRegistry(base), series=(base, nmax))
+            publisher = SimpleNamespace(counters=seg, slots=SlotRegistry(base), series=(base, nmax), govern=gov,
+                                        ledger=ledger)
             Supervisor(publisher, 1, "info", None)._reconcile(0)
             after = view.series(base, nmax, SERIES_WIDTH)
             assert after[0] == http_series(K200, [1, 2])
             assert after[1][T_OPENED] == after[1][T_CLOSED] == 5 and after[1][T_RX_BYTES] == 10
         finally:
             seg.close(unlink=True)
+            gov.close(unlink=True)
