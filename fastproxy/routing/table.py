@@ -19,8 +19,6 @@ objects' to_doc(). "rate_limit_slots" maps each local rate limit's owner
 """
 from __future__ import annotations
 
-from math import gcd
-
 import orjson
 
 from ..config.schema import (
@@ -120,10 +118,10 @@ class ClusterRoute:
     takes (policy, hash, choice_count, ring_min, ring_max, maglev_size);
     panic: healthy_panic_threshold (percent); breakers, outlier (None:
     no outlier detection) and health_check (None: none): the policy
-    objects. pick() is weighted round robin over `ring`, ignoring health."""
+    objects. The worker balances over `endpoints` (worker/govern.py)."""
 
     __slots__ = ("name", "block", "slot", "connect_timeout", "endpoints", "lb_doc", "panic", "breakers",
-                 "outlier", "health_check", "ring", "next", "passthrough")
+                 "outlier", "health_check", "passthrough")
 
     def __init__(self, name: str, doc: dict):
         self.name = name
@@ -136,14 +134,7 @@ class ClusterRoute:
         self.breakers = Breakers.from_doc(doc["breakers"])
         self.outlier = OutlierDetection.from_doc(doc["outlier"]) if doc["outlier"] is not None else None
         self.health_check = HealthCheck.from_doc(doc["health_check"]) if doc["health_check"] is not None else None
-        self.ring = _weighted_ring([(e.ip, e.port, e.weight) for e in self.endpoints])
-        self.next = 0
         self.passthrough = doc["lb_policy"] == "ORIGINAL_DST"
-
-    def pick(self) -> tuple[str, int]:
-        i = self.next
-        self.next = i + 1 if i + 1 < len(self.ring) else 0
-        return self.ring[i]
 
 
 class ListenerRoute:
@@ -253,23 +244,3 @@ def _resolve(http: HttpRouteTable, clusters: dict[str, ClusterRoute],
         route.clusters = tuple(by_host[route.pick(r).host] for r in range(TOTAL_WEIGHT))
     return http
 
-
-def _weighted_ring(endpoints: list[tuple[str, int, int]]) -> list[tuple[str, int]]:
-    """Endpoints repeated by weight (reduced by their gcd), interleaved so that
-    consecutive picks spread across hosts: smooth weighted round robin."""
-    if not endpoints:
-        return []
-    g = 0
-    for _, _, w in endpoints:
-        g = gcd(g, w)
-    weights = [w // g for _, _, w in endpoints]
-    total = sum(weights)
-    current = [0] * len(endpoints)
-    ring = []
-    for _ in range(total):
-        for i, w in enumerate(weights):
-            current[i] += w
-        best = max(range(len(endpoints)), key=current.__getitem__)
-        current[best] -= total
-        ring.append((endpoints[best][0], endpoints[best][1]))
-    return ring

@@ -100,7 +100,7 @@ class ClusterGov:
         elif self.hash_cookie is not None:
             v = _cookie(headers.get(b"cookie") if headers is not None else None, self.hash_cookie)
         else:
-            v = conn.peer.encode() if conn.peer else None
+            v = conn.peer.encode() if conn is not None and conn.peer else None
         # no key in the request: a random one (Envoy picks at random then)
         return lb.hash_key(v) if v is not None else getrandbits(64)
 

@@ -242,6 +242,15 @@ class HttpPath:
                              retry=nr.retry, idle_timeout_ms=nr.idle_timeout_ms, delay_ms=delay,
                              cluster=cluster, route=nr)
 
+    def endpoint(self, table: RouteTable, cluster: ClusterRoute, fd: int) -> tuple[str, int] | None:
+        """The TCP path's pick: the cluster's balancer over its available
+        endpoints, as for a request (None: none available, UH)."""
+        if table.generation != self.generation:
+            self._new_table(table)
+        g = self.gov.get(cluster) or self._cluster_gov(cluster)
+        ep = g.pick(_TcpPeer(fd) if g.hash_source else None, None)
+        return None if ep is None else (ep.ip, ep.port)
+
     def retry(self, conn, target, tried: tuple[int, ...]):
         """Another endpoint for a retry (the engine asks; see csrc/h1proxy.h)."""
         cluster = target.cluster
@@ -329,6 +338,18 @@ def _span_exporter(loop, counters, settings: dict, names: BlockNames) -> SpanExp
     except ValueError as e:
         log.error("tracing: %s; spans are not exported", e)
         return None
+
+
+class _TcpPeer:
+    """A relayed connection's client, for a source-ip hash pick."""
+
+    __slots__ = ("peer",)
+
+    def __init__(self, fd: int):
+        try:
+            self.peer = peer_addr(fd)[0]
+        except OSError:
+            self.peer = None
 
 
 class _Native:

@@ -20,13 +20,14 @@ from ..config.schema import hostport
 from ..interception.flags import INBOUND_PASSTHROUGH_V6, InitConfig
 from ..routing.table import MODE_OUTBOUND, MODE_TCP, ClusterRoute, ListenerRoute
 from ..stats.names import (
-    FLAG_UF,
     C_CONNECT_FAIL,
     C_CONNECT_TIMEOUT,
     C_CX_DESTROY,
     C_CX_TOTAL,
     C_RX_BYTES,
     C_TX_BYTES,
+    FLAG_UF,
+    FLAG_UH,
     G_ACCEPT_ERRORS,
     G_COPIED_BYTES,
     G_IDLE_TIMEOUTS,
@@ -136,16 +137,20 @@ class L4Path:
         transparent = False
         original = dst
         mode = listener.mode
-        if mode == MODE_TCP:
-            cluster = listener.cluster
-            dst = cluster.pick()
-        elif mode == MODE_OUTBOUND:
-            cluster = table.outbound(dst)
-            if cluster is None:
-                self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb, table.blackhole)
-                return
+        if mode == MODE_TCP or mode == MODE_OUTBOUND:
+            if mode == MODE_TCP:
+                cluster = listener.cluster
+            else:
+                cluster = table.outbound(dst)
+                if cluster is None:
+                    self._refuse(fd, lb + L_REFUSED_NO_ROUTE, lb, table.blackhole)
+                    return
             if not cluster.passthrough:
-                dst = cluster.pick()
+                # as the HTTP path picks: the cluster's balancer over its available endpoints
+                dst = self.http.endpoint(table, cluster, fd)
+                if dst is None:
+                    self._no_healthy(fd, lb, cluster.block, _hostport(original))
+                    return
         else:  # MODE_INBOUND: to the app at the original destination
             cluster = table.inbound_passthrough
             if listener.transparent:
@@ -231,6 +236,13 @@ class L4Path:
         native.abort(fd)
         if ufd >= 0:
             native.close(ufd)
+
+    def _no_healthy(self, fd: int, lb: int, cb: int, original: str) -> None:
+        """No available endpoint in the cluster: reset the client (Envoy's UH)."""
+        self.ctr.add(cb + C_CX_TOTAL, 1)
+        if self.log is not None:
+            self.log.tcp_closed(time.time_ns() // 1000, 0, 0, 0, lb, cb, _peer(fd), original, "", FLAG_UH)
+        self._unopened(fd, -1, lb, cb)
 
     def _refuse(self, fd: int, reason_slot: int, lb: int, cluster: ClusterRoute | None = None) -> None:
         ctr = self.ctr
