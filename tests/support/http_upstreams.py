@@ -21,6 +21,9 @@ Special paths (query parameters in brackets):
     /_/close-before-response    reads the request, closes without answering
     /_/reset-before-response    reads the request, resets (SO_LINGER 0)
     /_/truncate?n=N&sent=K[&reset=1]  announces N bytes, sends K, closes (or resets)
+    /_/stall?n=N&sent=K         announces N bytes, sends K, then sends nothing more
+                                (until stop, peer EOF or 30 s) and keeps the connection open
+    /_/drip?n=N&every_ms=M      Content-Length N, one byte every M milliseconds
     /_/hang                     reads the request, never answers (until stop or peer EOF)
     /_/delay?ms=M               echo after M milliseconds
     /_/bad-response?kind=K      an invalid response head (see BAD_RESPONSES)
@@ -37,6 +40,17 @@ stays idle that long after a response (to provoke the keep-alive race);
 body (on by default); `drop_after` N closes a connection without a byte of
 response when request N+1 arrives on it (a pooled connection the upstream
 gave up on: the deterministic keep-alive race).
+
+Misbehaviour switches (plain attributes, safe to flip while it serves, to
+make an endpoint flap): `fail_with` answers every request (after reading
+it) with that status when an int, or resets ("reset"), closes ("close")
+or never answers ("hang", as /_/hang); `health_status`, when set, is the
+status of every request for `health_path` (default /healthz), which is
+otherwise served as any path (so a health check can fail while traffic
+succeeds, or the reverse); `delay_ms` waits that long before serving any
+request but the health path. The server keeps a gauge of requests in flight (`in_flight`,
+from a head read to the first byte of its answer or the end of its
+connection) and its high-water mark `max_in_flight` (reset_max_in_flight()).
 
 Run as a script (`python -m tests.support.http_upstreams --listen H:P --name N`)
 for an upstream in its own process (its own GIL, for the 1 GiB transfers) or
@@ -373,6 +387,7 @@ class _Exchange:
         self.body_raw = bytearray()
         self.body_read = False
         self.continue_sent = False
+        self.settled = False       # counted out of the server's in-flight gauge
 
     def header(self, name: bytes) -> bytes | None:
         values = header_values(self.headers, name)
@@ -458,8 +473,15 @@ class HttpUpstream:
 
     def __init__(self, name: str = "up", listen: list[tuple[str, int]] | None = None,
                  idle_close_ms: int | None = None, send_continue: bool = True,
-                 drop_after: int | None = None, on_record=None):
+                 drop_after: int | None = None, on_record=None, fail_with: int | str | None = None,
+                 health_status: int | None = None, health_path: str = "/healthz", delay_ms: int = 0):
         self.name = name
+        self.fail_with = fail_with
+        self.health_status = health_status
+        self.health_path = health_path
+        self.delay_ms = delay_ms
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.drop_after = drop_after
         self.idle_close_ms = idle_close_ms
         self.send_continue = send_continue
@@ -531,6 +553,10 @@ class HttpUpstream:
         with self.lock:
             return self.connections, self.requests
 
+    def reset_max_in_flight(self) -> None:
+        with self.lock:
+            self.max_in_flight = self.in_flight
+
     def wait_requests(self, count: int, timeout: float = 10.0) -> bool:
         with self.lock:
             return self.lock.wait_for(lambda: self.requests >= count, timeout)
@@ -568,6 +594,7 @@ class HttpUpstream:
         sock.settimeout(60)
         try:
             seq = 0
+            ex = None
             while not self._stopping:
                 if self.idle_close_ms is not None and seq > 0 and not reader.buf:
                     sock.settimeout(self.idle_close_ms / 1000)
@@ -584,10 +611,14 @@ class HttpUpstream:
                 ex = _Exchange(self, conn_id, seq, head, peer)
                 with self.lock:
                     self.requests += 1
+                    self.in_flight += 1
+                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
                     if self.drop_after is not None and seq > self.drop_after:
                         self.dropped += 1
+                        self._settle(ex)
                         return      # read a request on a reused connection, close without a byte
                 keep = self._handle(sock, reader, ex)
+                self._settle(ex)
                 if not keep:
                     return
         except _Close:
@@ -597,14 +628,29 @@ class HttpUpstream:
         finally:
             with self.lock:
                 self._socks.discard(sock)
+                if ex is not None:
+                    self._settle(ex)
             try:
                 sock.close()
             except OSError:
                 pass
 
-    def _finish(self, ex: _Exchange) -> dict:
+    def _settle(self, ex: _Exchange) -> None:
+        """Counts `ex` out of the in-flight gauge, once (caller may hold the lock:
+        it is a Condition over an RLock)."""
+        with self.lock:
+            if not ex.settled:
+                ex.settled = True
+                self.in_flight -= 1
+
+    def _finish(self, ex: _Exchange, settle: bool = True) -> dict:
         rec = ex.record()
         with self.lock:
+            # Out of flight before the first byte of the answer: whoever waits
+            # for that answer (a proxy's breaker) can only start another
+            # request after this, so the gauge never over-counts.
+            if settle:
+                self._settle(ex)
             self.records.append(rec)
             self.lock.notify_all()
         if self.on_record:
@@ -630,6 +676,29 @@ class HttpUpstream:
         if ex.version == b"HTTP/1.0" and keep:
             conn_hdr = [("Connection", "keep-alive")]
 
+        if path == self.health_path and self.health_status is not None:
+            ex.read_body(reader)
+            self._finish(ex)
+            sock.sendall(response_bytes(self.health_status, "Health", name_hdr + conn_hdr,
+                                        f"health {self.health_status}\n".encode()))
+            return keep
+        if self.delay_ms and path != self.health_path:
+            time.sleep(self.delay_ms / 1000)
+        fail = self.fail_with
+        if fail is not None:
+            self._continue(sock, ex)
+            ex.read_body(reader)
+            self._finish(ex, settle=fail != "hang")
+            if fail == "reset":
+                _reset(sock)
+                raise _Close()
+            if fail == "close":
+                raise _Close()
+            if fail == "hang":
+                self._linger(sock)
+                raise _Close()
+            sock.sendall(response_bytes(int(fail), "Failing", name_hdr + conn_hdr, f"failing {fail}\n".encode()))
+            return keep
         if path == "/_/ws" and b"websocket" in (ex.header(b"upgrade") or b"").lower():
             self._finish(ex)
             self._websocket(sock, reader, ex)
@@ -645,16 +714,27 @@ class HttpUpstream:
             raise _Close()
         if path == "/_/hang":
             ex.read_body(reader)
-            self._finish(ex)
-            deadline = time.monotonic() + 30
-            while not self._stopping and time.monotonic() < deadline:
-                sock.settimeout(0.2)
-                try:
-                    if not sock.recv(65536):
-                        break
-                except socket.timeout:
-                    continue
+            self._finish(ex, settle=False)
+            self._linger(sock)
             raise _Close()
+        if path == "/_/stall":
+            ex.read_body(reader)
+            self._finish(ex)
+            n, sent = int(q.get("n", "100000")), int(q.get("sent", "1000"))
+            sock.sendall(response_bytes(200, "OK", name_hdr + [("Content-Length", str(n))], content_length=False)
+                         + b"s" * sent)
+            self._linger(sock)
+            raise _Close()
+        if path == "/_/drip":
+            ex.read_body(reader)
+            self._finish(ex)
+            n, every = int(q.get("n", "10")), int(q.get("every_ms", "100"))
+            sock.sendall(response_bytes(200, "OK", name_hdr + conn_hdr + [("Content-Length", str(n))],
+                                        content_length=False))
+            for _ in range(n):
+                time.sleep(every / 1000)
+                sock.sendall(b"d")
+            return keep
 
         self._continue(sock, ex)
         if path == "/_/delay":
@@ -733,6 +813,17 @@ class HttpUpstream:
         else:
             sock.sendall(response_bytes(200, "OK", name_hdr + conn_hdr + json_hdr, body))
         return keep
+
+    def _linger(self, sock: socket.socket) -> None:
+        """Sends nothing more until stop, the peer's EOF or 30 s."""
+        deadline = time.monotonic() + 30
+        while not self._stopping and time.monotonic() < deadline:
+            sock.settimeout(0.2)
+            try:
+                if not sock.recv(65536):
+                    break
+            except socket.timeout:
+                continue
 
     def _websocket(self, sock: socket.socket, reader: Reader, ex: _Exchange) -> None:
         key = ex.header(b"sec-websocket-key") or b""
