@@ -224,7 +224,8 @@ struct h1_conn {
     uint8_t gv_retry;               /* holds gv_retry_acquire (the live attempt is a retry) */
     uint8_t gv_pending;             /* holds gv_pending_acquire (waiting for a connection) */
     uint8_t gv_reported;            /* the live attempt's outcome went to the outlier detector */
-    uint8_t wait, delayed, idempotent, retries, ntried, resp_fwd;
+    uint8_t wait, delayed, idempotent, ntried, resp_fwd;
+    uint32_t retries;               /* retries of this request so far */
     uint32_t tried[4];              /* endpoint slots tried (retries avoid them) */
     uint64_t deadline;              /* the total timeout's end (ms), 0: not started / none */
     uint64_t last_io;               /* e->now when a byte last moved (idle timeout) */
@@ -1247,6 +1248,14 @@ static h1_up *up_alloc(h1_engine *e)
     return u;
 }
 
+/* Milliseconds left of the total timeout (0: none; at least 1 when armed). */
+static uint32_t total_left(const h1_engine *e, const h1_conn *c)
+{
+    if (!c->deadline)
+        return 0;
+    return c->deadline > e->now ? (uint32_t)(c->deadline - e->now) : 1;
+}
+
 /* Starts a connection to the route's endpoint; NULL with errno. */
 static h1_up *up_connect(h1_engine *e, h1_conn *c)
 {
@@ -1284,7 +1293,8 @@ static h1_up *up_connect(h1_engine *e, h1_conn *c)
     u->block = rt->cluster_block;
     u->pool = pool_get(e, &rt->upstream, &rt->source, 1);
     if (inprog)
-        timer_arm(e, &u->t, T_CONNECT, rt->connect_timeout_ms);
+        timer_arm(e, &u->t, T_CONNECT, c->deadline && total_left(e, c) < rt->connect_timeout_ms
+                                           ? total_left(e, c) : rt->connect_timeout_ms);
     cnt(e, u->block, H1_C_CX_TOTAL, 1);
     e->st.upstream_connects++;
     e->st.upstream_open++;
@@ -1957,14 +1967,6 @@ static void wait_for(h1_engine *e, h1_conn *c, int what, uint32_t ms)
     timer_arm(e, &c->t, T_WAIT, ms);
 }
 
-/* Milliseconds left of the total timeout (0: none; at least 1 when armed). */
-static uint32_t total_left(const h1_engine *e, const h1_conn *c)
-{
-    if (!c->deadline)
-        return 0;
-    return c->deadline > e->now ? (uint32_t)(c->deadline - e->now) : 1;
-}
-
 /* Retries the request when the outcome, the policy, the budget and safety
  * allow (see h1proxy.h); 1 when it did (the caller stops), 0 when the
  * failure stands. The outcome was reported to the outlier detector. */
@@ -2005,11 +2007,10 @@ static int try_retry(h1_engine *e, h1_conn *c, int outcome, int status)
     }
     old = c->route.ref;
     nr.flags = c->route.flags;
-    if (!nr.name.len)
-        nr.name = c->route.name;
     c->route = nr;
     if (e->cfg.release)
         e->cfg.release(e->cfg.cb_data, old);
+    rp = c->route.retry;       /* the old decision may be gone */
     c->retries++;
     e->st.retries++;
     /* the response side starts over; R still holds the whole request */
@@ -2027,7 +2028,7 @@ static int try_retry(h1_engine *e, h1_conn *c, int outcome, int status)
     c->rs = RS_HEAD;
     c->resp_byte = 0;
     c->status_sent = 0;
-    ms = gv_backoff_ms(rp, c->retries, rng_next(e->rng));
+    ms = rp ? gv_backoff_ms(rp, c->retries, rng_next(e->rng)) : 0;
     if (c->deadline && (!ms || ms > total_left(e, c)))
         ms = ms ? total_left(e, c) : 0;
     if (!ms) {
@@ -2040,6 +2041,12 @@ static int try_retry(h1_engine *e, h1_conn *c, int outcome, int status)
 
 static void connect_failed(h1_engine *e, h1_conn *c, int timeout)
 {
+    if (timeout && c->deadline && e->now >= c->deadline) {
+        /* cut short by the route's total timeout, not the endpoint's fault */
+        cnt(e, c->route.cluster_block, H1_C_RQ_TIMEOUT, 1);
+        reply_error(e, c, 504, "Gateway Timeout", "upstream response timeout\n", H1_F_UT, 0);
+        return;
+    }
     cnt(e, c->route.cluster_block, H1_C_CONNECT_FAIL, 1);
     if (timeout)
         cnt(e, c->route.cluster_block, H1_C_CONNECT_TIMEOUT, 1);
@@ -2050,44 +2057,63 @@ static void connect_failed(h1_engine *e, h1_conn *c, int timeout)
                 timeout ? "upstream connect timeout\n" : "upstream connect failure\n", H1_F_UF, 0);
 }
 
+/* Room for one more connection of the route's cluster (max_connections),
+ * taken. When the cluster is full, one of this engine's idle connections of
+ * the cluster (to another endpoint: pool_take found none to this one) is
+ * closed to make room, as a host that has no connection must get one. A
+ * request already waiting tries without counting another overflow. */
+static int cx_room(h1_engine *e, h1_conn *c)
+{
+    gv_cluster *g = c->route.gcl;
+    unsigned i;
+
+    if (c->gv_pending && atomic_load_explicit(&g->cx_active, memory_order_relaxed) >=
+                             (int64_t)c->route.gcfg->max_connections) {
+        /* still full: look for an idle one below */
+    } else if (g_acquire(e, g, c->route.gcfg, GV_L_CX)) {
+        return 1;
+    }
+    for (i = 0; i < e->pool_slots; i++) {
+        h1_pool *p;
+
+        for (p = e->pools[i]; p; p = p->hnext) {
+            h1_up *u;
+
+            for (u = p->idle; u; u = u->pnext)
+                if (u->gcl == g) {
+                    e->st.pool_evictions++;
+                    up_close(e, u, 0);
+                    return g_acquire(e, g, c->route.gcfg, GV_L_CX);
+                }
+        }
+    }
+    return 0;
+}
+
 /* One attempt: a pooled or new upstream connection (within max_connections,
  * else wait), the head queued. R holds the request from r_start. */
 static void begin_attempt(h1_engine *e, h1_conn *c)
 {
     h1_up *u = pool_take(e, &c->route);
 
-    if (u) {
-        e->st.pool_reuses++;
-        cnt(e, c->route.cluster_block, H1_C_POOL_REUSED, 1);
-    } else {
-        if (c->route.gcl && !g_acquire(e, c->route.gcl, c->route.gcfg, GV_L_CX)) {
-            if (!c->gv_pending) {
-                if (!g_acquire(e, c->route.gcl, c->route.gcfg, GV_L_PENDING)) {
-                    overflow(e, c, "upstream overflow: too many requests waiting for a connection\n");
-                    return;
-                }
-                c->gv_pending = 1;
+    if (!u && c->route.gcl && !cx_room(e, c)) {
+        if (!c->gv_pending) {
+            if (!g_acquire(e, c->route.gcl, c->route.gcfg, GV_L_PENDING)) {
+                overflow(e, c, "upstream overflow: too many requests waiting for a connection\n");
+                return;
             }
-            cw_add(e, c);
-            wait_for(e, c, W_CONN, total_left(e, c));
-            return;
+            c->gv_pending = 1;
         }
-        if (!(u = up_connect(e, c))) {
-            if (c->route.gcl)
-                g_release(e, c->route.gcl, GV_L_CX);
-            connect_failed(e, c, 0);
-            return;
-        }
-        u->gcl = c->route.gcl;
+        cw_add(e, c);
+        wait_for(e, c, W_CONN, total_left(e, c));
+        return;
     }
     if (c->gv_pending) {
         g_release(e, c->route.gcl, GV_L_PENDING);
         c->gv_pending = 0;
     }
-    c->up = u;
-    u->owner = c;
-    if (!c->retries)
-        c->hold = u->reused || c->route.retry != NULL;
+    /* The attempt starts (tracked before a connect can fail: its failure is
+     * this attempt's outcome, and a retry must avoid this endpoint). */
     c->replayed = 0;
     c->gv_reported = 0;
     if (c->route.gep) {
@@ -2097,6 +2123,22 @@ static void begin_attempt(h1_engine *e, h1_conn *c)
         if (c->ntried < sizeof(c->tried) / sizeof(c->tried[0]))
             c->tried[c->ntried++] = c->route.ep_slot;
     }
+    if (u) {
+        e->st.pool_reuses++;
+        cnt(e, c->route.cluster_block, H1_C_POOL_REUSED, 1);
+    } else {
+        if (!(u = up_connect(e, c))) {
+            if (c->route.gcl)
+                g_release(e, c->route.gcl, GV_L_CX);
+            connect_failed(e, c, 0);
+            return;
+        }
+        u->gcl = c->route.gcl;
+    }
+    c->up = u;
+    u->owner = c;
+    if (!c->retries)
+        c->hold = u->reused || c->route.retry != NULL;
     cnt(e, c->route.cluster_block, H1_C_RQ_TOTAL, 1);
     if (send_request_head(e, c) == 0)
         c->mode = M_PROXY;
@@ -2120,7 +2162,10 @@ static void begin_proxy(h1_engine *e, h1_conn *c)
         c->gv_rq = 1;
     }
     c->retries = c->ntried = 0;
-    c->deadline = 0;
+    /* the total timeout runs from here (Envoy: the downstream request is
+     * complete; a body still arriving counts too): connects, waits for a
+     * connection, retries and backoffs are inside it */
+    c->deadline = c->route.timeout_ms ? e->now + c->route.timeout_ms : 0;
     c->resp_fwd = 0;
     if (c->request_id) {
         uint64_t a = rng_next(e->rng), b = rng_next(e->rng);
@@ -2178,8 +2223,8 @@ static void replay(h1_engine *e, h1_conn *c)
     if (!c->route.retry)
         c->hold = 0;
     if (c->route.gcl && !g_acquire(e, c->route.gcl, c->route.gcfg, GV_L_CX)) {
-        /* no room for a fresh connection: as a reset before the response */
-        gov_report(e, c, GV_GATEWAY);
+        /* no room for a fresh connection: as a reset before the response
+         * (not reported to the outlier detector: not the endpoint's doing) */
         if (!try_retry(e, c, GV_ATTEMPT_RESET, 0))
             overflow(e, c, "upstream overflow: too many connections\n");
         return;
@@ -2320,15 +2365,13 @@ static int rq_produce(h1_engine *e, h1_conn *c)
 /* Moves the request towards the upstream. Returns progress (0/1), or -1
  * when the exchange was ended or answered. */
 /* The response-head timer of an attempt: its per-try timeout, cut to what
- * is left of the total (which starts with the first attempt's request sent). */
+ * is left of the total (which started in begin_proxy). */
 static uint32_t resp_ms(h1_engine *e, h1_conn *c)
 {
     uint32_t ms = c->route.retry ? c->route.retry->per_try_timeout_ms : 0, left;
 
-    if (!c->route.timeout_ms)
-        return ms;
     if (!c->deadline)
-        c->deadline = e->now + c->route.timeout_ms;
+        return ms;
     left = total_left(e, c);
     return !ms || left < ms ? left : ms;
 }
@@ -2520,6 +2563,7 @@ static int rs_head(h1_engine *e, h1_conn *c)
         c->w_pos = c->w_len;
         txq_add(&c->r->q, c->r->data + c->r_pos, c->r_len - c->r_pos);
         c->r_pos = c->r_len;
+        timer_cancel(e, &c->t2);
         c->mode = M_TUNNEL;
         return -1;
     }
@@ -2767,6 +2811,19 @@ static int proxy_step(h1_engine *e, h1_conn *c)
 
 /* ---- the other modes ------------------------------------------------------------ */
 
+/* The decision's local response, after its fault delay when it has one. */
+static void respond(h1_engine *e, h1_conn *c)
+{
+    if (c->route.delay_ms && !c->delayed) {
+        c->delayed = 1;
+        c->rflags |= H1_F_DI;
+        wait_for(e, c, W_DELAY, c->route.delay_ms);
+        return;
+    }
+    reply_local(e, c, c->route.status, c->route.reason.ptr ? c->route.reason.ptr : "", c->route.reason.len,
+                c->route.headers, NULL, c->route.body, 0, 0);
+}
+
 static void start_request(h1_engine *e, h1_conn *c, uint32_t hlen)
 {
     h1_buf *r = c->r;
@@ -2819,10 +2876,7 @@ static void start_request(h1_engine *e, h1_conn *c, uint32_t hlen)
     c->routed = 1;
     c->rflags |= c->route.flags;
     if (c->route.action == H1_ACT_RESPOND) {
-        rw_str body = c->route.body;
-
-        reply_local(e, c, c->route.status, c->route.reason.ptr ? c->route.reason.ptr : "", c->route.reason.len,
-                    c->route.headers, NULL, body, 0, 0);
+        respond(e, c);
         return;
     }
     if (c->route.action != H1_ACT_PROXY) {
@@ -3098,7 +3152,10 @@ static void fire(h1_engine *e, h1_timer *t, int kind)
             return;
         case T_WAIT:
             if (c->wait == W_DELAY) {
-                begin_proxy(e, c);
+                if (c->route.action == H1_ACT_RESPOND)
+                    respond(e, c);
+                else
+                    begin_proxy(e, c);
             } else if (c->wait == W_BACKOFF && !(c->deadline && e->now >= c->deadline)) {
                 begin_attempt(e, c);
             } else {
@@ -3464,6 +3521,11 @@ int h1_engine_expire(h1_engine *e, uint64_t now_ms)
     if (!e->in_run)
         flush_zombies(e);
     return e->evq_len > before || e->pend_head != NULL;
+}
+
+uint64_t h1_engine_now(const h1_engine *e)
+{
+    return e->now;
 }
 
 uint64_t h1_engine_next_deadline(const h1_engine *e)

@@ -280,8 +280,7 @@ typedef struct h1_route {
     fp_addr source;             /* bind to this source first; family 0 = none */
     uint32_t cluster_block;     /* counter block of the cluster */
     uint32_t connect_timeout_ms;
-    uint32_t timeout_ms;        /* total: the first request sent -> a final response head, across
-                                   retries; 0 = none */
+    uint32_t timeout_ms;        /* total: routed -> a final response head, across retries; 0 = none */
     const rw_ops *req_ops;      /* may be NULL */
     const rw_ops *resp_ops;     /* may be NULL */
     /* H1_ACT_RESPOND: the engine writes
@@ -302,7 +301,8 @@ typedef struct h1_route {
     const gv_retry *retry;      /* NULL: no retries */
     uint32_t idle_timeout_ms;   /* no byte either way for this long: 408 before the response head,
                                    a reset after it (flag SI); 0 = none */
-    uint32_t delay_ms;          /* fault injection: wait this long before proxying (flag DI) */
+    uint32_t delay_ms;          /* fault injection: wait this long before proxying, or before the local
+                                   response of H1_ACT_RESPOND (flag DI) */
 } h1_route;
 
 /* Returns 0 with *out filled, or -1 (the callback failed: the engine answers
@@ -325,9 +325,11 @@ typedef int (*h1_retry_fn)(void *cb_data, void *conn_user, void *ref, const uint
  * with `x-fastproxy-overloaded: true`, nothing sent upstream. A new upstream
  * connection holds gv_cx_acquire while open; at max_connections the request
  * waits (gv_pending_acquire; refused -> 503 UO) until a connection of the
- * engine closes or the next h1_engine_expire, then tries again; the route
- * timeout bounds the wait (504 UT). Each attempt counts in the endpoint's
- * rq_active and rq_total, and its outcome goes to gv_outlier_report.
+ * engine closes or the next h1_engine_expire, then tries again (an idle
+ * connection of the engine to another endpoint of the cluster is closed to
+ * make room); the route timeout, when set, bounds the wait (504 UT). Each
+ * attempt counts in the endpoint's rq_active and rq_total, and its outcome
+ * goes to gv_outlier_report.
  *
  * Retries (route.retry): an attempt that ends before any response byte went
  * downstream with an outcome retry_on covers (gv_retry_wanted) is retried
@@ -339,10 +341,10 @@ typedef int (*h1_retry_fn)(void *cb_data, void *conn_user, void *ref, const uint
  * connection is closed (a 5xx response's body is not read), the retry
  * callback names another endpoint, and the request is sent again after
  * gv_backoff_ms. Retries exhausted while the outcome was retriable: flag URX.
- * Timeouts: route.timeout_ms is the total, from the first attempt's request
- * sent to a response head, across retries and backoffs; retry->
- * per_try_timeout_ms bounds each attempt (its expiry is outcome TIMEOUT).
- * Either answers 504 UT when nothing is left to try. */
+ * Timeouts: route.timeout_ms is the total, from the request's routing to a
+ * response head, across connects, waits, retries and backoffs; retry->
+ * per_try_timeout_ms bounds each attempt from its request sent (its expiry
+ * is outcome TIMEOUT). Either answers 504 UT when nothing is left to try. */
 
 typedef struct h1_config {
     http1_limits limits;          /* request and response heads */
@@ -445,6 +447,8 @@ int h1_engine_expire(h1_engine *e, uint64_t now_ms);
 /* The earliest armed deadline (CLOCK_MONOTONIC ms), 0 when none: the
  * caller wakes for it when it is sooner than its tick. */
 uint64_t h1_engine_next_deadline(const h1_engine *e);
+/* The engine's clock (CLOCK_MONOTONIC ms), as of its last run or expire. */
+uint64_t h1_engine_now(const h1_engine *e);
 
 /* Drain: connections between requests are closed now, the others after
  * their current response (Connection: close is added to it). */

@@ -149,6 +149,7 @@ cdef extern from "h1proxy.h" nogil:
     int h1_engine_run(h1_engine *e, h1_event *out, int max, int *more)
     int h1_engine_expire(h1_engine *e, uint64_t now_ms)
     uint64_t h1_engine_next_deadline(const h1_engine *e)
+    uint64_t h1_engine_now(const h1_engine *e)
     void h1_engine_drain(h1_engine *e)
     void h1_engine_close_conn(h1_engine *e, h1_conn *c)
     unsigned h1_engine_count(const h1_engine *e)

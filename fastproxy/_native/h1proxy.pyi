@@ -47,7 +47,7 @@ class Target(Decision):
 
 class Reply(Decision):
     def __init__(self, status: int, reason: bytes, headers: bytes = b"", body: bytes = b"",
-                 flags: int = 0, name: bytes = b"") -> None: ...
+                 flags: int = 0, name: bytes = b"", delay_ms: int = 0) -> None: ...
 
 class Conn:
     listener: Any

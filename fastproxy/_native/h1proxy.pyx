@@ -41,9 +41,7 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_INET6
 
 DEF EVENT_BATCH = 64
-DEF TICK_S = 0.05       # the worker's tick period (worker/main.py): deadlines sooner get a wake-up
-
-from time import monotonic as _monotonic
+DEF TICK_MS = 50        # the worker's tick period (worker/main.py): deadlines sooner get a wake-up
 DEF RECORD_BATCH = 64
 
 # H1_EV_DETACH kinds, as the owner sees them.
@@ -200,11 +198,12 @@ cdef class Reply(Decision):
     CRLF-terminated, may be empty) and body; flags are H1_F_* (e.g. NR)."""
 
     def __init__(self, int status, bytes reason, bytes headers=b"", bytes body=b"", uint32_t flags=0,
-                 bytes name=b""):
+                 bytes name=b"", uint32_t delay_ms=0):
         memset(&self.r, 0, sizeof(h1_route))
         self.r.action = H1_ACT_RESPOND
         self.r.status = status
         self.r.flags = flags
+        self.r.delay_ms = delay_ms          # a fault delay before the answer (flag DI)
         _set_str(&self.r.reason, reason)
         _set_str(&self.r.headers, headers)
         _set_str(&self.r.body, body)
@@ -464,13 +463,11 @@ cdef class HttpEngine:
         # The worker's tick fires deadlines within its period; a sooner one
         # (a retry's backoff, a per-try timeout) gets its own wake-up.
         cdef uint64_t at = h1_engine_next_deadline(self.e)
-        if at == 0 or (self.wake_at != 0 and self.wake_at <= at):
-            return
-        delay = at / 1000.0 - _monotonic()
-        if delay >= TICK_S:
+        cdef uint64_t now = h1_engine_now(self.e)
+        if at == 0 or (self.wake_at != 0 and self.wake_at <= at) or at >= now + TICK_MS:
             return
         self.wake_at = at
-        self.loop.call_later(delay if delay > 0 else 0, self._wake)
+        self.loop.call_later((at - now) / 1000.0 if at > now else 0, self._wake)
 
     def _wake(self):
         self.wake_at = 0
