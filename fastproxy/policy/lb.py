@@ -150,6 +150,22 @@ class NoHosts(Balancer):
         return self.pick(key)
 
 
+class Single(Balancer):
+    """One host: every policy picks it (no draw, no ring, no active count)."""
+
+    __slots__ = ("_host",)
+
+    def __init__(self, policy: str, hosts: tuple[Endpoint, ...]):
+        super().__init__(policy, hosts)
+        self._host = hosts[0]
+
+    def pick(self, key: int = 0) -> Endpoint:
+        return self._host
+
+    def pick_other(self, tried: Collection[int], key: int = 0) -> Endpoint:
+        return self._host
+
+
 class RoundRobin(Balancer):
     """A precomputed smooth cycle (see _smooth_cycle), walked from a random start."""
 
@@ -415,32 +431,34 @@ def build(policy: str, hosts: Sequence[Endpoint], opts: dict, active: Callable[[
     for h in hosts:
         if h.weight < 1:
             raise ValueError(f"endpoint {h.ip}:{h.port}: weight must be >= 1, got {h.weight}")
+    choice_count = opts.get("choice_count", DEFAULT_CHOICE_COUNT)
+    ring_min = opts.get("ring_min", DEFAULT_RING_MIN)
+    ring_max = opts.get("ring_max", DEFAULT_RING_MAX)
+    maglev_size = opts.get("maglev_size", DEFAULT_MAGLEV_SIZE)
+    if policy == LEAST_REQUEST and choice_count < 2:
+        raise ValueError(f"choice_count must be >= 2, got {choice_count}")
+    if policy == RING_HASH and not 1 <= ring_min <= ring_max:
+        raise ValueError(f"need 1 <= ring_min <= ring_max, got {ring_min} and {ring_max}")
+    if policy == MAGLEV and not _is_prime(maglev_size):
+        # a composite size leaves permutations that never reach some slots
+        raise ValueError(f"maglev_size must be a prime, got {maglev_size}")
     if active is None:
         active = _idle
     if not hosts:
         return NoHosts(policy, hosts)
+    if len(hosts) == 1:
+        return Single(policy, hosts)
     if policy == ROUND_ROBIN:
         g = _weights_gcd(hosts)
         if sum(h.weight for h in hosts) // g <= RR_CYCLE_LIMIT:
             return RoundRobin(hosts, g, rand)
         return Scheduled(ROUND_ROBIN, hosts, _idle, rand)
     if policy == LEAST_REQUEST:
-        choice_count = opts.get("choice_count", DEFAULT_CHOICE_COUNT)
-        if choice_count < 2:
-            raise ValueError(f"choice_count must be >= 2, got {choice_count}")
         if all(h.weight == hosts[0].weight for h in hosts):
             return LeastRequest(hosts, choice_count, active, rand)
         return Scheduled(LEAST_REQUEST, hosts, active, rand)
     if policy == RANDOM:
         return Random(hosts, rand)
     if policy == RING_HASH:
-        ring_min = opts.get("ring_min", DEFAULT_RING_MIN)
-        ring_max = opts.get("ring_max", DEFAULT_RING_MAX)
-        if not 1 <= ring_min <= ring_max:
-            raise ValueError(f"need 1 <= ring_min <= ring_max, got {ring_min} and {ring_max}")
         return RingHash(hosts, ring_min, ring_max)
-    maglev_size = opts.get("maglev_size", DEFAULT_MAGLEV_SIZE)
-    if not _is_prime(maglev_size):
-        # a composite size leaves permutations that never reach some slots
-        raise ValueError(f"maglev_size must be a prime, got {maglev_size}")
     return Maglev(hosts, maglev_size)

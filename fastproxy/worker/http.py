@@ -86,7 +86,8 @@ class HttpPath:
                                        b"no healthy upstream\n", native.FLAG_UH)
         self.limited = native.Reply(429, b"Too Many Requests", b"x-envoy-ratelimited: true\r\n",
                                     b"local_rate_limited\n", native.FLAG_RL)
-        self.aborts: dict[int, object] = {}   # fault abort status -> Reply
+        self.aborts: dict[tuple[int, int], object] = {}   # fault (abort status, delay ms) -> Reply
+        self.stopped = None               # _gate's Reply when it stops a request
         self.default_native = None        # a route-less request's engine form (Istio's default retries)
 
     # -- connections ------------------------------------------------------------------
@@ -148,18 +149,16 @@ class HttpPath:
                 cluster = listener.http_cluster
                 return self.no_route if cluster is None else self._target(cluster, None, conn, headers)
             return conn.cache or self._outbound(table, conn, headers)
-        kind = route.kind
         native_route = route.native
         if native_route is None:
             native_route = route.native = _compile_route(route, table.settings)
+        delay = 0
+        if native_route.gated:
+            delay = self._gate(route)
+            if delay < 0:
+                return self.stopped
+        kind = route.kind
         if kind == "route":
-            if native_route.gated:
-                early = self._admit(route)
-                if early is not None:
-                    return early
-                delay = self._delay(route)
-            else:
-                delay = 0
             self.seq += 1
             cluster = route.clusters[(self.seq * _HASH) % 100]
             return self._target(cluster, native_route, conn, headers, delay)
@@ -167,7 +166,7 @@ class HttpPath:
             loc = route.redirect.location(b"http", authority, target)
             return native.Reply(route.redirect.code, _reason(route.redirect.code), b"location: " + loc + b"\r\n",
                                 name=_name(route))
-        return native_route   # a direct response: one Reply for every request
+        return native_route.reply   # a direct response: one Reply for every request
 
     def _listener(self, table: RouteTable, conn) -> ListenerRoute:
         listener = table.by_name.get(conn.listener.name, conn.listener)
@@ -184,33 +183,35 @@ class HttpPath:
 
     # -- governance ---------------------------------------------------------------------
 
-    def _admit(self, route):
-        """The route's rate limits and fault abort: a Reply when the request
-        stops here, else None."""
+    def _gate(self, route) -> int:
+        """The route's (and its virtual host's) rate limits, then its fault:
+        the fault delay to apply (ms, 0: none), or -1 when the request stops
+        here with the Reply left in self.stopped (429 RL, or the fault's
+        abort: FI, after its delay when both fire, as Envoy's fault filter)."""
         g = self.govern
         b = route.vh_rate_limit
         if b is not None and not g.take(route.vh_rate_limit_slot, b.max_tokens, b.tokens_per_fill,
                                         b.fill_interval_ms):
-            return self.limited
+            self.stopped = self.limited
+            return -1
         b = route.rate_limit
         if b is not None and not g.take(route.rate_limit_slot, b.max_tokens, b.tokens_per_fill,
                                         b.fill_interval_ms):
-            return self.limited
+            self.stopped = self.limited
+            return -1
         f = route.fault
-        if f is not None and f.abort_status and random() * 100.0 < f.abort_percent:
-            r = self.aborts.get(f.abort_status)
-            if r is None:
-                r = self.aborts[f.abort_status] = native.Reply(
-                    f.abort_status, _reason(f.abort_status), b"", b"fault filter abort\n", native.FLAG_FI)
-            return r
-        return None
-
-    @staticmethod
-    def _delay(route) -> int:
-        f = route.fault
-        if f is not None and f.delay_ms and random() * 100.0 < f.delay_percent:
-            return f.delay_ms
-        return 0
+        if f is None:
+            return 0
+        delay, abort = f.draw(random(), random())
+        if not abort:
+            return delay
+        key = (abort, delay)
+        r = self.aborts.get(key)
+        if r is None:
+            r = self.aborts[key] = native.Reply(abort, _reason(abort), b"", b"fault filter abort\n",
+                                                native.FLAG_FI, delay_ms=delay)
+        self.stopped = r
+        return -1
 
     def _cluster_gov(self, cluster: ClusterRoute) -> ClusterGov:
         g = self.gov[cluster] = ClusterGov(cluster, self.govern)
@@ -252,9 +253,16 @@ class HttpPath:
         return None if ep is None else (ep.ip, ep.port)
 
     def retry(self, conn, target, tried: tuple[int, ...]):
-        """Another endpoint for a retry (the engine asks; see csrc/h1proxy.h)."""
-        cluster = target.cluster
-        if cluster is None:
+        """Another endpoint for a retry (the engine asks; see csrc/h1proxy.h),
+        from the cluster of that name in the current table (a reload may
+        have changed it since the request was routed)."""
+        if target.cluster is None:
+            return None
+        table = self.worker.current()
+        if table.generation != self.generation:
+            self._new_table(table)
+        cluster = table.clusters.get(target.cluster.name)
+        if cluster is None or not cluster.endpoints:
             return None
         g = self.gov.get(cluster) or self._cluster_gov(cluster)
         ep = g.pick_other(tried)
@@ -353,21 +361,24 @@ class _TcpPeer:
 
 
 class _Native:
-    """A route's engine form (kind route): header operations, name, retry
-    policy and timeouts, shared by every Target of the route."""
+    """A route's engine form: header operations, name, retry policy and
+    timeouts shared by every Target of a kind route; the Reply of a direct
+    response; whether rate limits or a fault gate its requests."""
 
-    __slots__ = ("req", "resp", "name", "retry", "timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "gated")
+    __slots__ = ("req", "resp", "name", "retry", "timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "gated",
+                 "reply")
 
     def __init__(self, req, resp, name: bytes, retry, timeout_ms: int, idle_timeout_ms: int,
-                 connect_timeout_ms: int, gated: bool = False):
+                 connect_timeout_ms: int, gated: bool = False, reply=None):
         self.req, self.resp, self.name, self.retry = req, resp, name, retry
         self.timeout_ms, self.idle_timeout_ms, self.connect_timeout_ms = timeout_ms, idle_timeout_ms, connect_timeout_ms
-        self.gated = gated      # rate limits or a fault: decide() consults _admit / _delay
+        self.gated = gated      # rate limits or a fault: decide() consults _gate
+        self.reply = reply
 
 
-def _compile_route(route, settings: dict):
-    """A route's C form: a _Native for kind route, a Reply for a direct
-    response, None for a redirect."""
+def _compile_route(route, settings: dict) -> _Native:
+    """A route's engine form (see _Native)."""
+    gated = route.fault is not None or route.rate_limit is not None or route.vh_rate_limit is not None
     if route.kind == "route":
         rq, rs = route.request_headers, route.response_headers
         req = None
@@ -377,12 +388,12 @@ def _compile_route(route, settings: dict):
         resp = None if rs.empty else RewriteOps(rs.set, rs.add, rs.remove)
         return _Native(req, resp, _name(route), retry_cfg(route.retry),
                        route.timeout_ms or settings["http_request_timeout_ms"], route.idle_timeout_ms,
-                       route.connect_timeout_ms,
-                       route.fault is not None or route.rate_limit is not None or route.vh_rate_limit is not None)
+                       route.connect_timeout_ms, gated)
+    reply = None
     if route.kind == "direct_response":
-        return native.Reply(route.direct_status, _reason(route.direct_status), b"content-type: text/plain\r\n",
-                            route.direct_body, name=_name(route))
-    return None
+        reply = native.Reply(route.direct_status, _reason(route.direct_status), b"content-type: text/plain\r\n",
+                             route.direct_body, name=_name(route))
+    return _Native(None, None, b"", None, 0, 0, 0, gated, reply)   # a redirect is built per request
 
 
 def _name(route) -> bytes:

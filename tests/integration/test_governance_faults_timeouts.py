@@ -209,6 +209,24 @@ def test_connect_timeout_fires_on_time(start_proxy, tmp_path, level):
         assert all("UF" in flags_of(line) for line in lines), lines
 
 
+def test_the_total_timeout_bounds_connects_and_their_retries(start_proxy, tmp_path):
+    """timeout: 400ms over an endpoint whose connects hang (10 s connect
+    timeout, connect failures retried): 504 UT at 400 ms, not 503 UF after
+    the connect timeouts (Envoy's route timeout covers the connects)."""
+    with BlackholeListener() as hole:
+        clusters = [gov_cluster("hole", hole.address, connect_timeout_ms=10000)]
+        route = gov_route("hole", timeout="400ms", retries={"attempts": 3, "retryOn": "connect-failure"})
+        gp = start_governed(start_proxy, tmp_path, clusters, [gov_vs(HOST, route)])
+        took = []
+        for i in range(2):
+            resp, t = _timed(gp.port, f"/c/{i}", HOST)
+            took.append(t)
+            assert resp is not None and resp.status == 504, resp
+        _assert_on_time("the total timeout over a hanging connect", took, 0.400, 0.400)
+        lines = _line_for(gp, HOST, 2)
+        assert all(flags_of(line) == {"UT"} for line in lines), lines
+
+
 # -- fault injection ---------------------------------------------------------------------------------
 
 def _fault_vs():
@@ -223,6 +241,9 @@ def _fault_vs():
                    gov_route("backend", match=[{"headers": {"x-chaos": {"exact": "abort"}}}],
                              fault={"abort": {"httpStatus": 500, "percentage": {"value": 100.0}}}),
                    gov_route("backend")),
+            gov_vs("both.local", gov_route("backend", fault={
+                "delay": {"fixedDelay": "200ms", "percentage": {"value": 100.0}},
+                "abort": {"httpStatus": 503, "percentage": {"value": 100.0}}})),
             gov_vs(HOST, gov_route("backend"))]
 
 
@@ -250,6 +271,22 @@ def test_fault_abort_and_delay(start_proxy, tmp_path):
             _assert_on_time(f"{host}'s delay", took, delay, delay + base)
         lines = _line_for(gp, "delay.local", 3)
         assert all(flags_of(l) & {"DI", "FI"} for l in lines), lines
+
+
+def test_fault_delay_then_abort_when_both_fire(start_proxy, tmp_path):
+    """Envoy's fault filter delays first, then aborts: 503 after 200 ms, DI and FI."""
+    with HttpUpstream("up") as up:
+        gp = start_governed(start_proxy, tmp_path, [gov_cluster("backend", up)], _fault_vs())
+        took = []
+        for i in range(2):
+            resp, t = _timed(gp.port, f"/both/{i}", "both.local")
+            took.append(t)
+            assert resp is not None and resp.status == 503 and resp.header("X-Upstream") is None, resp
+        assert min(took) >= 0.200 - 0.002, took
+        _assert_on_time("the delay before the abort", took, 0.200, 0.200)
+        assert up.snapshot()[1] == 0
+        lines = _line_for(gp, "both.local", 2)
+        assert all(flags_of(l) == {"DI", "FI"} for l in lines), lines
 
 
 def test_fault_only_for_requests_with_a_header(start_proxy, tmp_path):

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 
 from tests.support.governed_proxy import HOST, flags_of, gov_cluster, gov_route, gov_vs, metric_name, start_governed
-from tests.support.http_upstreams import HttpUpstream
+from tests.support.http_upstreams import HttpUpstream, get
 from tests.support.load_clients import LoadClients, Outcome, describe, plain_get
 from tests.support.polling import poll_until
 
@@ -135,3 +135,15 @@ def test_route_and_virtual_service_buckets_both_apply(start_proxy, tmp_path):
         _next_window()      # the tight load drew on the VS bucket too: start on a full one
         rest = LoadClients(gp.port, 2, total=200, seconds=10, request=plain_get("/rest/")).run()
         assert not rest.failures(), describe(rest.failures())
+
+
+def test_a_direct_response_route_is_rate_limited_too(start_proxy, tmp_path):
+    """localRateLimit applies to every route kind, not only those that
+    proxy: a directResponse (and its virtual host) draws on the bucket."""
+    with HttpUpstream("up") as up:
+        direct = {"directResponse": {"status": 200, "body": {"string": "ok\n"}},
+                  "localRateLimit": {"maxTokens": 3, "tokensPerFill": 3, "fillInterval": "1h"}}
+        gp = start_governed(start_proxy, tmp_path, [gov_cluster("backend", up)], [gov_vs(HOST, direct)])
+        statuses = [get(gp.port, f"/d/{i}", HOST).status for i in range(6)]
+        assert statuses == [200, 200, 200, 429, 429, 429], statuses
+        assert up.snapshot()[1] == 0

@@ -386,3 +386,15 @@ def test_hash_key_same_in_other_processes():
     outs = {subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert outs == {f"{hash_key(b'session-42')} {hash_key(b'')}\n"}
+
+
+@pytest.mark.parametrize("policy", ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"])
+def test_one_host_is_always_picked_without_a_draw(policy):
+    only = Endpoint("10.0.0.1", 80, 3, 7)
+
+    def no_draw():
+        raise AssertionError("a one-host balancer drew a random number")
+
+    b = build(policy, [only], {}, active=lambda slot: 99, rand=no_draw)
+    assert {b.pick(k) for k in range(50)} == {only}
+    assert b.pick_other({7}) is only     # nothing else to try
