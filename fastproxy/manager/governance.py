@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from .._native.govern import ClusterCfg
 from ..config.schema import hostport
+from ..policy.breakers import Breakers, engine_args
+from ..policy.outlier import OutlierDetection
 from ..stats.govern import BucketState, ClusterState, HostState
 
 log = logging.getLogger("fastproxy.manager")
@@ -34,20 +36,9 @@ ORPHAN_GRACE_MS = 30_000     # a released endpoint is watched this long (a worke
 
 def cluster_cfg_args(cluster: Mapping) -> dict:
     """ClusterCfg keyword arguments for a table document's cluster."""
-    b = cluster["breakers"]
     od = cluster.get("outlier")
-    return {
-        "max_connections": b["max_connections"], "max_pending_requests": b["max_pending_requests"],
-        "max_requests": b["max_requests"], "max_retries": b["max_retries"],
-        "budget_percent": b["budget_percent"], "min_retry_concurrency": b["min_retry_concurrency"],
-        "od_enabled": od is not None,
-        "consecutive_5xx": od["consecutive_5xx"] if od else 0,
-        "consecutive_gateway_failure": od["consecutive_gateway_failure"] if od else 0,
-        "base_ejection_ms": od["base_ejection_time_ms"] if od else 0,
-        "max_ejection_ms": od["max_ejection_time_ms"] if od else 0,
-        "max_ejection_percent": od["max_ejection_percent"] if od else 0,
-        "nhosts": len(cluster["endpoints"]),
-    }
+    return engine_args(Breakers.from_doc(cluster["breakers"]), OutlierDetection.from_doc(od) if od else None,
+                       len(cluster["endpoints"]))
 
 
 @dataclass

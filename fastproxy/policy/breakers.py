@@ -68,3 +68,22 @@ def parse_breakers(doc: Any, where: str) -> Breakers:
             raise ConfigError(f"{bw}.budget_percent", "must be more than 0 (leave retry_budget out for no budget)")
         min_concurrency = integer(b, "min_retry_concurrency", bw, DEFAULT_MIN_RETRY_CONCURRENCY, 0, UINT32_MAX)
     return Breakers(*limits, budget, min_concurrency)
+
+
+def engine_args(breakers: Breakers, outlier, nhosts: int) -> dict:
+    """Keyword arguments of the engine's per-cluster config (govern.ClusterCfg,
+    csrc/govern.h gv_cluster_cfg): the breakers, the outlier detection
+    (policy.outlier.OutlierDetection, None: off) and the cluster's size."""
+    od = outlier
+    return {
+        "max_connections": breakers.max_connections, "max_pending_requests": breakers.max_pending_requests,
+        "max_requests": breakers.max_requests, "max_retries": breakers.max_retries,
+        "budget_percent": breakers.budget_percent, "min_retry_concurrency": breakers.min_retry_concurrency,
+        "od_enabled": od is not None,
+        "consecutive_5xx": od.consecutive_5xx if od else 0,
+        "consecutive_gateway_failure": od.consecutive_gateway_failure if od else 0,
+        "base_ejection_ms": od.base_ejection_time_ms if od else 0,
+        "max_ejection_ms": od.max_ejection_time_ms if od else 0,
+        "max_ejection_percent": od.max_ejection_percent if od else 0,
+        "nhosts": nhosts,
+    }

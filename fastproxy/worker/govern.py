@@ -14,6 +14,7 @@ from random import getrandbits
 
 from .._native.govern import ClusterCfg, GovernSegment, RetryCfg
 from ..policy import lb
+from ..policy.breakers import engine_args
 from ..policy.retry import RetryPolicy
 
 
@@ -28,19 +29,8 @@ class ClusterGov:
         self.govern = govern
         self.slot = cluster.slot
         self.gcl = govern.cluster_address(cluster.slot)
-        b = cluster.breakers
-        od = cluster.outlier
-        self.cfg = ClusterCfg(
-            max_connections=b.max_connections, max_pending_requests=b.max_pending_requests,
-            max_requests=b.max_requests, max_retries=b.max_retries, budget_percent=b.budget_percent,
-            min_retry_concurrency=b.min_retry_concurrency, od_enabled=od is not None,
-            consecutive_5xx=od.consecutive_5xx if od else 0,
-            consecutive_gateway_failure=od.consecutive_gateway_failure if od else 0,
-            base_ejection_ms=od.base_ejection_time_ms if od else 0,
-            max_ejection_ms=od.max_ejection_time_ms if od else 0,
-            max_ejection_percent=od.max_ejection_percent if od else 0,
-            nhosts=len(cluster.endpoints))
-        self.watch = od is not None or cluster.health_check is not None
+        self.cfg = ClusterCfg(**engine_args(cluster.breakers, cluster.outlier, len(cluster.endpoints)))
+        self.watch = cluster.outlier is not None or cluster.health_check is not None
         doc = cluster.lb_doc
         self.policy = doc["policy"]
         self.opts = doc
