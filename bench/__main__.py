@@ -59,7 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--proxy-cpus", default="1", help="taskset CPU list of the proxy (default 1)")
     ap.add_argument("--load-cpus", default="0",
                     help="taskset CPU list of load, upstream and harness (default 0)")
-    ap.add_argument("--contenders", default=",".join(contenders.ALL),
+    ap.add_argument("--contenders", default=",".join(contenders.DEFAULT),
                     help=f"comma list from {','.join(contenders.ALL)}")
     ap.add_argument("--scenarios", "--only", default=",".join([*scenarios.ALL, MICRO]),
                     help=f"comma list from {','.join([*scenarios.ALL, MICRO])} (default all)")

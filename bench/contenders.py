@@ -10,6 +10,8 @@ tcp (a byte relay):
 - envoy-tcp:     tcp_proxy network filter, --concurrency W.
 http (parses every request, pools upstream connections):
 - fastproxy-http: one explicit `http:` listener;
+- fastproxy-governed: the same with every traffic policy configured, none
+  triggered (keep-alive only: the policy overhead);
 - nginx:          proxy_pass to an upstream{} with a keepalive pool, worker_processes W;
 - haproxy-http:   mode http, http-reuse always, nbthread W;
 - envoy-http:     http_connection_manager + router, --concurrency W.
@@ -78,6 +80,7 @@ class Contender:
 
     name = ""
     layer: str | None = None  # TCP or HTTP; None: every layer (direct)
+    only: tuple[str, ...] | None = None   # the scenarios it runs in; None: every one of its layer
     is_proxy = True
 
     def __init__(self) -> None:
@@ -158,6 +161,10 @@ class FastProxy(Contender):
     def _python(self) -> list[str]:
         return [sys.executable, "-m", "fastproxy"]
 
+    def _tree(self, setup: Setup) -> str:
+        """The checkout whose fastproxy runs (`python -m fastproxy` imports it from the cwd)."""
+        return setup.repo_root
+
     def _env(self) -> dict[str, str]:
         # FASTPROXY_* would override the file; the bench config must be the
         # whole truth, so none is passed through.
@@ -172,7 +179,7 @@ class FastProxy(Contender):
     def check(self, setup: Setup) -> None:
         try:
             r = procs.run([*self._python(), "--version"], timeout=VERSION_TIMEOUT_S,
-                          cwd=setup.repo_root, env=self._env())
+                          cwd=self._tree(setup), env=self._env())
         except subprocess.TimeoutExpired:
             self._unavailable(f"`python -m fastproxy --version` timed out after {VERSION_TIMEOUT_S:.0f}s")
             return
@@ -190,7 +197,7 @@ class FastProxy(Contender):
                                self._config(setup, listen_port, admin_port, upstream_port))
         try:
             r = procs.run([*self._python(), "config", "check", path], timeout=VERSION_TIMEOUT_S,
-                          cwd=setup.repo_root, env=self._env())
+                          cwd=self._tree(setup), env=self._env())
         except subprocess.TimeoutExpired:
             self._unavailable(f"`fastproxy config check` timed out after {VERSION_TIMEOUT_S:.0f}s")
             return
@@ -206,7 +213,7 @@ class FastProxy(Contender):
         path = templates.write(setup.workdir, f"{self.name}-{scenario}.yaml", config)
         argv = [*self._python(), "run", "--config", path]
         started = self._launch(setup, scenario, argv, self.template, config,
-                               cwd=setup.repo_root, env=self._env())
+                               cwd=self._tree(setup), env=self._env())
         return self._ready(
             setup, Running(port=listen_port, started=started), "fastproxy /ready",
             lambda: net.http_status(admin_port, "/ready") == 200 and net.is_listening(listen_port))
@@ -222,6 +229,35 @@ class FastProxyHttp(FastProxy):
     name = "fastproxy-http"
     layer = HTTP
     template = "fastproxy-http.yaml"
+
+
+class FastProxyGoverned(FastProxy):
+    """fastproxy-http with every traffic policy configured, none triggered:
+    what the policy code costs (keep-alive only, next to fastproxy-http)."""
+    name = "fastproxy-governed"
+    layer = HTTP
+    template = "fastproxy-governed.yaml"
+    only: tuple[str, ...] | None = ("keepalive",)
+
+
+class FastProxyRef(FastProxy):
+    """fastproxy-http as another checkout runs it (FASTPROXY_REF_TREE: a
+    worktree with its extensions built in place), keep-alive only: a
+    regression figure measured side by side, e.g. before and after a change.
+    Not in the default set."""
+    name = "fastproxy-ref"
+    layer = HTTP
+    template = "fastproxy-http.yaml"
+    only: tuple[str, ...] | None = ("keepalive",)
+
+    def _tree(self, setup: Setup) -> str:
+        return os.environ.get("FASTPROXY_REF_TREE", "")
+
+    def check(self, setup: Setup) -> None:
+        if not self._tree(setup):
+            self._unavailable("set FASTPROXY_REF_TREE to a checkout with its extensions built")
+            return
+        super().check(setup)
 
 
 class HAProxy(Contender):
@@ -417,8 +453,13 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-ALL = {c.name: c for c in (Direct, FastProxyHttp, Nginx, HAProxyHttp, EnvoyHttp,
+ALL = {c.name: c for c in (Direct, FastProxyHttp, FastProxyGoverned, FastProxyRef, Nginx, HAProxyHttp, EnvoyHttp,
                            FastProxyTcp, HAProxyTcp, EnvoyTcp)}
+
+
+# Run only when asked for (--contenders): they need something set up first.
+OPT_IN = ("fastproxy-ref",)
+DEFAULT = [name for name in ALL if name not in OPT_IN]
 
 
 def build(names: list[str]) -> list[Contender]:
