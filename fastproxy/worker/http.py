@@ -219,7 +219,7 @@ class HttpPath:
 
     def _target(self, cluster: ClusterRoute, native_route, conn, headers, delay: int = 0):
         """The Target for the next endpoint of cluster, with the route's policy and header ops."""
-        if cluster.passthrough or not cluster.endpoints:
+        if cluster.passthrough:
             return self.no_route
         if native_route is None:
             native_route = self.default_native
