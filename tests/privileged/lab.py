@@ -6,7 +6,7 @@ import json
 import subprocess
 
 from tests.support.admin_client import NetnsAdminClient
-from tests.support.echo_process import EchoProcess
+from tests.support.echo_process import EchoProcess, HttpUpstreamProcess
 from tests.support.netns import NetnsPair
 from tests.support.proxy_config import write_config
 from tests.support.proxy_process import PYTHON, REPO_ROOT, ProxyProcess
@@ -38,6 +38,13 @@ class Lab:
         (default: b, the remote side)."""
         server = EchoProcess([f"0.0.0.0:{port}", f"[::]:{port}"], tag=tag,
                              prefix=["ip", "netns", "exec", ns or self.pair.b])
+        self.upstreams.append(server)
+        return server
+
+    def start_http_upstream(self, port: int, name: str, ns: str | None = None) -> "HttpUpstreamProcess":
+        """tests.support.http_upstreams' server on 0.0.0.0:port in namespace
+        `ns` (default: b), as a child process; requests() counts what it served."""
+        server = HttpUpstreamProcess([f"0.0.0.0:{port}"], name, prefix=["ip", "netns", "exec", ns or self.pair.b])
         self.upstreams.append(server)
         return server
 
