@@ -257,8 +257,9 @@ class HttpRoute:
     response_headers apply in every case.
 
     Traffic policy, kind ROUTE only (the others send nothing upstream):
-    timeout_ms (0: none) bounds request sent -> response head across every
-    try; retry is the RetryPolicy (Istio's default when the route says
+    timeout_ms (None: not set, the proxy's http_request_timeout_ms
+    applies; 0: none) bounds the request's routing -> response head across
+    every try; retry is the RetryPolicy (Istio's default when the route says
     nothing; None: no retries); fault a Fault or None; connect_timeout_ms
     (0: the cluster's) and idle_timeout_ms (0: not set) override the
     cluster's and the listener's. Any kind: rate_limit is the route's own
@@ -300,7 +301,7 @@ class HttpRoute:
         self.direct_body = b""
         self.request_headers = _NO_OPS
         self.response_headers = _NO_OPS
-        self.timeout_ms = 0
+        self.timeout_ms: int | None = None
         self.retry: RetryPolicy | None = None
         self.fault: Fault | None = None
         self.connect_timeout_ms = 0
@@ -678,7 +679,8 @@ def _http_route(doc: Any, where: str, vs_name: str | None) -> list[tuple[_Match,
     kind = ROUTE if "route" in doc else REDIRECT if "redirect" in doc else DIRECT_RESPONSE
 
     # traffic policy, shared by every match block too
-    timeout_ms = connect_ms = idle_ms = 0
+    connect_ms = idle_ms = 0
+    timeout_ms = None
     retry = fault = bucket = None
     if kind == ROUTE:
         retry = ISTIO_DEFAULT

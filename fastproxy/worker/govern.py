@@ -82,7 +82,9 @@ class ClusterGov:
         b = self.balancer
         if b is None:
             return None
-        return b.pick_other(tried)
+        # a fresh key: a consistent-hash retry spreads over the other hosts
+        # instead of every retry walking the ring from one point
+        return b.pick_other(tried, getrandbits(64))
 
     def _key(self, conn, headers) -> int:
         if self.hash_header is not None:

@@ -387,7 +387,8 @@ def _compile_route(route, settings: dict) -> _Native:
                              path_prefix_len=route.rewrite_prefix_len, authority=route.rewrite_authority)
         resp = None if rs.empty else RewriteOps(rs.set, rs.add, rs.remove)
         return _Native(req, resp, _name(route), retry_cfg(route.retry),
-                       route.timeout_ms or settings["http_request_timeout_ms"], route.idle_timeout_ms,
+                       settings["http_request_timeout_ms"] if route.timeout_ms is None else route.timeout_ms,
+                       route.idle_timeout_ms,
                        route.connect_timeout_ms, gated)
     reply = None
     if route.kind == "direct_response":

@@ -309,3 +309,18 @@ def test_fault_percentage_aborts_about_that_share(start_proxy, tmp_path):
         # Binomial(400, 0.5): sd 10; 140..260 is 6 sd either way.
         assert 140 <= statuses[500] <= 260, statuses
         assert up.snapshot()[1] == statuses[200], "an aborted request reached the upstream (or a 500 was retried)"
+
+
+def test_timeout_0s_means_none_even_with_a_proxy_wide_default(start_proxy, tmp_path):
+    """http_request_timeout_ms is the default for routes that set no timeout;
+    a route's `timeout: 0s` turns it off (Istio: 0s disables the timeout)."""
+    with HttpUpstream("up") as up:
+        gp = start_governed(start_proxy, tmp_path, [gov_cluster("backend", up)],
+                            [gov_vs("none.local", gov_route("backend", timeout="0s", retries={"attempts": 0})),
+                             gov_vs(HOST, gov_route("backend", retries={"attempts": 0}))],
+                            http_request_timeout_ms=200)
+        slow, took = _timed(gp.port, "/_/delay?ms=400", "none.local")
+        assert slow is not None and slow.status == 200 and took >= 0.4, (slow, took)
+        cut, took = _timed(gp.port, "/_/delay?ms=400", HOST)
+        assert cut is not None and cut.status == 504, cut
+        _assert_on_time("the proxy-wide default timeout", [took], 0.200, 0.200)

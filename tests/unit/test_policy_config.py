@@ -582,7 +582,8 @@ def only_route(docs):
 
 def test_route_policy_defaults():
     r = only_route(vs())
-    assert (r.timeout_ms, r.retry, r.fault, r.connect_timeout_ms, r.idle_timeout_ms) == (0, ISTIO_DEFAULT, None, 0, 0)
+    assert (r.timeout_ms, r.retry, r.fault, r.connect_timeout_ms, r.idle_timeout_ms) == (None, ISTIO_DEFAULT, None, 0, 0)
+    # absent: the proxy's http_request_timeout_ms applies; "0s" (below) is none
     assert (r.rate_limit, r.rate_limit_key, r.rate_limit_slot) == (None, None, -1)
     assert (r.vh_rate_limit, r.vh_rate_limit_key, r.vh_rate_limit_slot) == (None, None, -1)
     # nothing goes upstream: no retry policy
