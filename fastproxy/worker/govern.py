@@ -12,20 +12,31 @@ from __future__ import annotations
 
 from random import getrandbits
 
+import orjson
+
 from .._native.govern import ClusterCfg, GovernSegment, RetryCfg
 from ..policy import lb
 from ..policy.breakers import engine_args
 from ..policy.retry import RetryPolicy
 
 
-class ClusterGov:
-    """One cluster of one table generation, in this worker."""
+def signature(cluster) -> tuple:
+    """What a ClusterGov is built from: equal signatures (a reload that left
+    the cluster as it was) let the next table generation keep it."""
+    return (cluster.slot, cluster.endpoints, orjson.dumps(cluster.lb_doc, option=orjson.OPT_SORT_KEYS),
+            cluster.panic, cluster.breakers, cluster.outlier, cluster.health_check is not None)
 
-    __slots__ = ("cluster", "govern", "slot", "gcl", "cfg", "watch", "version", "balancer", "state",
+
+class ClusterGov:
+    """One cluster in this worker, kept across table generations while its
+    signature() does not change."""
+
+    __slots__ = ("cluster", "sig", "govern", "slot", "gcl", "cfg", "watch", "version", "balancer", "state",
                  "hash_header", "hash_cookie", "hash_source", "eps", "policy", "opts", "panic", "built")
 
-    def __init__(self, cluster, govern: GovernSegment):
+    def __init__(self, cluster, govern: GovernSegment, sig: tuple):
         self.cluster = cluster
+        self.sig = sig
         self.govern = govern
         self.slot = cluster.slot
         self.gcl = govern.cluster_address(cluster.slot)

@@ -39,7 +39,7 @@ from ..routing.table import (
     RouteTable,
 )
 from ..stats.names import L_CX_DESTROY, ledger_area, series_area
-from .govern import ClusterGov, retry_cfg
+from .govern import ClusterGov, retry_cfg, signature
 
 log = logging.getLogger("fastproxy.worker")
 
@@ -79,6 +79,7 @@ class HttpPath:
         self.generation = 0
         self.targets: dict = {}           # (cluster, endpoint, native route) -> Target, this generation
         self.gov: dict = {}               # ClusterRoute -> ClusterGov, this generation
+        self.gov_prev: dict = {}          # cluster name -> ClusterGov of the generation before
         self.govern = worker.govern       # the governance segment (csrc/govern.h), shared by the workers
         self.seq = 0                      # weighted picks: request number, hashed
         self.no_route = native.Reply(404, b"Not Found", b"", b"no route matched this request\n", native.FLAG_NR)
@@ -177,6 +178,7 @@ class HttpPath:
     def _new_table(self, table: RouteTable) -> None:
         self.generation = table.generation
         self.targets = {}
+        self.gov_prev = {g.cluster.name: g for g in self.gov.values()}
         self.gov = {}
         self.default_native = _Native(None, None, b"", retry_cfg(ISTIO_DEFAULT),
                                       table.settings["http_request_timeout_ms"], 0, 0)
@@ -214,7 +216,13 @@ class HttpPath:
         return -1
 
     def _cluster_gov(self, cluster: ClusterRoute) -> ClusterGov:
-        g = self.gov[cluster] = ClusterGov(cluster, self.govern)
+        sig = signature(cluster)
+        g = self.gov_prev.get(cluster.name)
+        if g is not None and g.sig == sig:
+            g.cluster = cluster           # unchanged by the reload: its balancers and rotation stay
+        else:
+            g = ClusterGov(cluster, self.govern, sig)
+        self.gov[cluster] = g
         return g
 
     def _target(self, cluster: ClusterRoute, native_route, conn, headers, delay: int = 0):
