@@ -219,6 +219,12 @@ static inline int gv_endpoint_available(const gv_endpoint *ep)
 int gv_bucket_take(gv_bucket *b, uint32_t max_tokens, uint32_t tokens_per_fill, uint32_t fill_interval_ms,
                    uint64_t now_ms);
 
+/* One local rate limit as a route carries it (b NULL: none). */
+typedef struct gv_limit {
+    gv_bucket *b;
+    uint32_t max_tokens, tokens_per_fill, fill_interval_ms;
+} gv_limit;
+
 /* ---- retries (pure) -----------------------------------------------------------------
  * retry_on bits, Envoy's x-envoy-retry-on values. */
 #define GV_RETRY_5XX              0x01   /* any 5xx, a reset, a connect failure, a per-try timeout */

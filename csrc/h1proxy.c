@@ -2811,6 +2811,22 @@ static int proxy_step(h1_engine *e, h1_conn *c)
 
 /* ---- the other modes ------------------------------------------------------------ */
 
+/* A token from each of the route's rate-limit buckets (shared by the
+ * workers); 0 when one had none (the tokens taken before it stay taken, as
+ * Envoy's filters run one after the other). */
+static int within_limits(h1_engine *e, const h1_route *rt)
+{
+    unsigned i;
+
+    for (i = 0; i < sizeof(rt->limits) / sizeof(rt->limits[0]) && rt->limits[i].b; i++) {
+        const gv_limit *l = &rt->limits[i];
+
+        if (!gv_bucket_take(l->b, l->max_tokens, l->tokens_per_fill, l->fill_interval_ms, e->now))
+            return 0;
+    }
+    return 1;
+}
+
 /* The decision's local response, after its fault delay when it has one. */
 static void respond(h1_engine *e, h1_conn *c)
 {
@@ -2875,6 +2891,13 @@ static void start_request(h1_engine *e, h1_conn *c, uint32_t hlen)
     }
     c->routed = 1;
     c->rflags |= c->route.flags;
+    if (c->route.limits[0].b && !within_limits(e, &c->route)) {
+        static const char hdr[] = "x-envoy-ratelimited: true\r\n";
+        rw_str h = { hdr, sizeof(hdr) - 1 }, none = { NULL, 0 };
+
+        reply_local(e, c, 429, "Too Many Requests", 17, h, "local_rate_limited\n", none, H1_F_RL, 0);
+        return;
+    }
     if (c->route.action == H1_ACT_RESPOND) {
         respond(e, c);
         return;

@@ -303,6 +303,10 @@ typedef struct h1_route {
                                    a reset after it (flag SI); 0 = none */
     uint32_t delay_ms;          /* fault injection: wait this long before proxying, or before the local
                                    response of H1_ACT_RESPOND (flag DI) */
+    /* Local rate limits (any action), checked in order before anything else:
+     * a bucket without a token answers 429 with `x-envoy-ratelimited: true`
+     * (flag RL). limits[i].b NULL: none. */
+    gv_limit limits[2];
 } h1_route;
 
 /* Returns 0 with *out filled, or -1 (the callback failed: the engine answers

@@ -126,6 +126,8 @@ class GovernSegment:
         """0 when the slot is out of range."""
     def endpoint_address(self, slot: int) -> int:
         """0 when the slot is out of range."""
+    def bucket_address(self, slot: int) -> int:
+        """0 when the slot is out of range."""
     def version(self, cluster_slot: int) -> int:
         """One 8-byte load (acquire): the cluster's availability version."""
     def available(self, ep_slot: int) -> bool: ...

@@ -397,6 +397,13 @@ cdef class GovernSegment:
             return 0
         return <uintptr_t>gv_endpoint_at(self._base, <uint32_t>slot)
 
+    def bucket_address(self, long long slot):
+        """Address of the gv_bucket in this slot; 0 when the slot is out of range."""
+        self._open()
+        if slot < 0 or slot >= self._nbucket:
+            return 0
+        return <uintptr_t>gv_bucket_at(self._base, <uint32_t>slot)
+
     # -- hot path: no Python allocation unless an argument is wrong --
 
     cpdef unsigned long long version(self, int cluster_slot) except? 0xFFFFFFFFFFFFFFFF:

@@ -6,6 +6,12 @@ from fastproxy._native.relay cimport fp_addr
 from fastproxy._native.rewrite cimport rw_ops, rw_str
 
 
+cdef extern from "govern.h" nogil:
+    ctypedef struct gv_limit:
+        void *b
+        uint32_t max_tokens, tokens_per_fill, fill_interval_ms
+
+
 cdef extern from "h1proxy.h" nogil:
     enum:
         H1_ACT_PROXY
@@ -58,6 +64,7 @@ cdef extern from "h1proxy.h" nogil:
         const void *retry
         uint32_t idle_timeout_ms
         uint32_t delay_ms
+        gv_limit limits[2]
 
     ctypedef int (*h1_route_fn)(void *cb_data, void *conn_user, const char *buf,
                                 const http1_parser *p, const http1_framing *f, h1_route *out)

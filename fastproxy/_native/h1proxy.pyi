@@ -43,11 +43,13 @@ class Target(Decision):
     def __init__(self, ip: str, port: int, src_ip: str | None, cluster_block: int, connect_timeout_ms: int,
                  timeout_ms: int = 0, req_ops: Any = None, resp_ops: Any = None, name: bytes = b"", *,
                  gcl: int = 0, gcfg: Any = None, gep: int = 0, ep_slot: int = 0, retry: Any = None,
-                 idle_timeout_ms: int = 0, delay_ms: int = 0, cluster: Any = None, route: Any = None) -> None: ...
+                 idle_timeout_ms: int = 0, delay_ms: int = 0, cluster: Any = None, route: Any = None,
+                 limits: tuple[tuple[int, int, int, int], ...] = ()) -> None: ...
 
 class Reply(Decision):
     def __init__(self, status: int, reason: bytes, headers: bytes = b"", body: bytes = b"",
-                 flags: int = 0, name: bytes = b"", delay_ms: int = 0) -> None: ...
+                 flags: int = 0, name: bytes = b"", delay_ms: int = 0,
+                 limits: tuple[tuple[int, int, int, int], ...] = ()) -> None: ...
 
 class Conn:
     listener: Any

@@ -150,6 +150,19 @@ cdef class Decision:
     cdef tuple keep          # objects the C pointers in r refer to
 
 
+cdef int _set_limits(h1_route *r, tuple limits) except -1:
+    """limits: up to 2 (bucket address, max_tokens, tokens_per_fill,
+    fill_interval_ms), checked in that order (govern.h gv_limit; the
+    governance segment outlives every decision)."""
+    cdef Py_ssize_t i
+    if len(limits) > 2:
+        raise ValueError(f"at most 2 rate limits per decision, got {len(limits)}")
+    for i in range(len(limits)):
+        addr, r.limits[i].max_tokens, r.limits[i].tokens_per_fill, r.limits[i].fill_interval_ms = limits[i]
+        r.limits[i].b = <void *><uintptr_t>addr
+    return 0
+
+
 cdef class Target(Decision):
     """Proxy to the endpoint (ip, port), optionally from source address
     src_ip, counting on cluster_block; req_ops / resp_ops are RewriteOps
@@ -161,7 +174,8 @@ cdef class Target(Decision):
     def __init__(self, str ip, int port, src_ip, uint32_t cluster_block, uint32_t connect_timeout_ms,
                  uint32_t timeout_ms=0, req_ops=None, resp_ops=None, bytes name=b"", *,
                  uintptr_t gcl=0, gcfg=None, uintptr_t gep=0, uint32_t ep_slot=0, retry=None,
-                 uint32_t idle_timeout_ms=0, uint32_t delay_ms=0, object cluster=None, object route=None):
+                 uint32_t idle_timeout_ms=0, uint32_t delay_ms=0, object cluster=None, object route=None,
+                 tuple limits=()):
         """Governance (csrc/h1proxy.h): gcl / gep are the cluster's and the
         endpoint's shared-memory state addresses (0: none), gcfg a
         govern.ClusterCfg (required with gcl), retry a govern.RetryCfg.
@@ -188,6 +202,7 @@ cdef class Target(Decision):
             self.r.retry = <const void *><uintptr_t>retry.address
         self.r.idle_timeout_ms = idle_timeout_ms
         self.r.delay_ms = delay_ms
+        _set_limits(&self.r, limits)
         self.cluster = cluster
         self.route = route
         self.keep = (req_ops, resp_ops, name, gcfg, retry)
@@ -198,12 +213,13 @@ cdef class Reply(Decision):
     CRLF-terminated, may be empty) and body; flags are H1_F_* (e.g. NR)."""
 
     def __init__(self, int status, bytes reason, bytes headers=b"", bytes body=b"", uint32_t flags=0,
-                 bytes name=b"", uint32_t delay_ms=0):
+                 bytes name=b"", uint32_t delay_ms=0, tuple limits=()):
         memset(&self.r, 0, sizeof(h1_route))
         self.r.action = H1_ACT_RESPOND
         self.r.status = status
         self.r.flags = flags
         self.r.delay_ms = delay_ms          # a fault delay before the answer (flag DI)
+        _set_limits(&self.r, limits)        # rate limits before it (429 RL)
         _set_str(&self.r.reason, reason)
         _set_str(&self.r.headers, headers)
         _set_str(&self.r.body, body)

@@ -32,7 +32,8 @@ class ClusterGov:
     signature() does not change."""
 
     __slots__ = ("cluster", "sig", "govern", "slot", "gcl", "cfg", "watch", "version", "balancer", "state",
-                 "hash_header", "hash_cookie", "hash_source", "eps", "policy", "opts", "panic", "built")
+                 "hash_header", "hash_cookie", "hash_source", "hashed", "version_of", "eps", "policy", "opts", "panic",
+                 "built")
 
     def __init__(self, cluster, govern: GovernSegment, sig: tuple):
         self.cluster = cluster
@@ -50,6 +51,8 @@ class ClusterGov:
         self.hash_header = h["header"].lower().encode() if "header" in h else None
         self.hash_cookie = h["cookie"].encode() if "cookie" in h else None
         self.hash_source = bool(h.get("source_ip"))
+        self.hashed = bool(h)
+        self.version_of = govern.version      # bound once: read per request of a watched cluster
         # endpoint slot -> its shared state's address (the engine counts attempts there)
         self.eps = {ep.slot: govern.endpoint_address(ep.slot) for ep in cluster.endpoints}
         self.version = -1
@@ -77,14 +80,14 @@ class ClusterGov:
 
     def pick(self, conn, headers):
         """The endpoint for a new request, or None: no healthy endpoint (503 UH)."""
-        if self.watch and self.govern.version(self.slot) != self.version:
+        if self.watch and self.version_of(self.slot) != self.version:
             self.refresh()
         b = self.balancer
         if b is None:
             return None
-        if self.hash_header is None and self.hash_cookie is None and not self.hash_source:
-            return b.pick()
-        return b.pick(self._key(conn, headers))
+        if self.hashed:
+            return b.pick(self._key(conn, headers))
+        return b.pick()
 
     def pick_other(self, tried: tuple[int, ...]):
         """An endpoint for a retry, avoiding the tried ones when it can (previous_hosts)."""

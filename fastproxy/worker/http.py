@@ -85,10 +85,8 @@ class HttpPath:
         self.no_route = native.Reply(404, b"Not Found", b"", b"no route matched this request\n", native.FLAG_NR)
         self.no_healthy = native.Reply(503, b"Service Unavailable", b"",
                                        b"no healthy upstream\n", native.FLAG_UH)
-        self.limited = native.Reply(429, b"Too Many Requests", b"x-envoy-ratelimited: true\r\n",
-                                    b"local_rate_limited\n", native.FLAG_RL)
-        self.aborts: dict[tuple[int, int], object] = {}   # fault (abort status, delay ms) -> Reply
-        self.stopped = None               # _gate's Reply when it stops a request
+        self.aborts: dict[tuple, object] = {}   # fault (abort status, delay ms, route) -> Reply
+        self.stopped = None               # _fault's Reply when it stops a request
         self.default_native = None        # a route-less request's engine form (Istio's default retries)
 
     # -- connections ------------------------------------------------------------------
@@ -152,10 +150,10 @@ class HttpPath:
             return conn.cache or self._outbound(table, conn, headers)
         native_route = route.native
         if native_route is None:
-            native_route = route.native = _compile_route(route, table.settings)
+            native_route = route.native = _compile_route(route, table.settings, self.govern)
         delay = 0
-        if native_route.gated:
-            delay = self._gate(route)
+        if native_route.fault is not None:
+            delay = self._fault(native_route)
             if delay < 0:
                 return self.stopped
         kind = route.kind
@@ -166,7 +164,7 @@ class HttpPath:
         if kind == "redirect":
             loc = route.redirect.location(b"http", authority, target)
             return native.Reply(route.redirect.code, _reason(route.redirect.code), b"location: " + loc + b"\r\n",
-                                name=_name(route))
+                                name=_name(route), limits=native_route.limits)
         return native_route.reply   # a direct response: one Reply for every request
 
     def _listener(self, table: RouteTable, conn) -> ListenerRoute:
@@ -185,33 +183,20 @@ class HttpPath:
 
     # -- governance ---------------------------------------------------------------------
 
-    def _gate(self, route) -> int:
-        """The route's (and its virtual host's) rate limits, then its fault:
-        the fault delay to apply (ms, 0: none), or -1 when the request stops
-        here with the Reply left in self.stopped (429 RL, or the fault's
-        abort: FI, after its delay when both fire, as Envoy's fault filter)."""
-        g = self.govern
-        b = route.vh_rate_limit
-        if b is not None and not g.take(route.vh_rate_limit_slot, b.max_tokens, b.tokens_per_fill,
-                                        b.fill_interval_ms):
-            self.stopped = self.limited
-            return -1
-        b = route.rate_limit
-        if b is not None and not g.take(route.rate_limit_slot, b.max_tokens, b.tokens_per_fill,
-                                        b.fill_interval_ms):
-            self.stopped = self.limited
-            return -1
-        f = route.fault
-        if f is None:
-            return 0
-        delay, abort = f.draw(random(), random())
-        if not abort:
+    def _fault(self, nr) -> int:
+        """The route's fault: the delay to apply (ms, 0: none), or -1 when
+        the request stops here with its abort Reply left in self.stopped (FI,
+        after the delay when both fire, as Envoy's fault filter)."""
+        delay_ms, delay_pct, abort, abort_pct = nr.fault
+        # a draw only where the percentage can fire
+        delay = delay_ms if delay_pct and random() * 100.0 < delay_pct else 0
+        if not (abort_pct and random() * 100.0 < abort_pct):
             return delay
-        key = (abort, delay)
+        key = (abort, delay, nr)
         r = self.aborts.get(key)
         if r is None:
             r = self.aborts[key] = native.Reply(abort, _reason(abort), b"", b"fault filter abort\n",
-                                                native.FLAG_FI, delay_ms=delay)
+                                                native.FLAG_FI, delay_ms=delay, limits=nr.limits)
         self.stopped = r
         return -1
 
@@ -249,7 +234,7 @@ class HttpPath:
         return native.Target(ep.ip, ep.port, None, cluster.block, connect_ms, nr.timeout_ms, nr.req, nr.resp,
                              nr.name, gcl=g.gcl, gcfg=g.cfg, gep=g.eps.get(ep.slot, 0), ep_slot=ep.slot,
                              retry=nr.retry, idle_timeout_ms=nr.idle_timeout_ms, delay_ms=delay,
-                             cluster=cluster, route=nr)
+                             cluster=cluster, route=nr, limits=nr.limits)
 
     def endpoint(self, table: RouteTable, cluster: ClusterRoute, fd: int) -> tuple[str, int] | None:
         """The TCP path's pick: the cluster's balancer over its available
@@ -373,20 +358,31 @@ class _Native:
     timeouts shared by every Target of a kind route; the Reply of a direct
     response; whether rate limits or a fault gate its requests."""
 
-    __slots__ = ("req", "resp", "name", "retry", "timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "gated",
-                 "reply")
+    __slots__ = ("req", "resp", "name", "retry", "timeout_ms", "idle_timeout_ms", "connect_timeout_ms", "limits",
+                 "fault", "reply")
 
     def __init__(self, req, resp, name: bytes, retry, timeout_ms: int, idle_timeout_ms: int,
-                 connect_timeout_ms: int, gated: bool = False, reply=None):
+                 connect_timeout_ms: int, limits: tuple = (), fault: tuple | None = None, reply=None):
         self.req, self.resp, self.name, self.retry = req, resp, name, retry
         self.timeout_ms, self.idle_timeout_ms, self.connect_timeout_ms = timeout_ms, idle_timeout_ms, connect_timeout_ms
-        self.gated = gated      # rate limits or a fault: decide() consults _gate
+        # the engine takes the rate-limit tokens: (bucket address, max_tokens,
+        # tokens_per_fill, fill_interval_ms), the virtual host's first
+        self.limits = limits
+        # (delay_ms, delay %, abort status, abort %) for _fault; None: no fault that can fire
+        self.fault = fault
         self.reply = reply
 
 
-def _compile_route(route, settings: dict) -> _Native:
+def _compile_route(route, settings: dict, govern) -> _Native:
     """A route's engine form (see _Native)."""
-    gated = route.fault is not None or route.rate_limit is not None or route.vh_rate_limit is not None
+    limits = tuple((govern.bucket_address(slot), b.max_tokens, b.tokens_per_fill, b.fill_interval_ms)
+                   for b, slot in ((route.vh_rate_limit, route.vh_rate_limit_slot),
+                                   (route.rate_limit, route.rate_limit_slot)) if b is not None)
+    f = route.fault
+    fault = None
+    if f is not None and ((f.delay_ms and f.delay_percent) or (f.abort_status and f.abort_percent)):
+        fault = (f.delay_ms, f.delay_percent if f.delay_ms else 0.0, f.abort_status,
+                 f.abort_percent if f.abort_status else 0.0)
     if route.kind == "route":
         rq, rs = route.request_headers, route.response_headers
         req = None
@@ -397,12 +393,12 @@ def _compile_route(route, settings: dict) -> _Native:
         return _Native(req, resp, _name(route), retry_cfg(route.retry),
                        settings["http_request_timeout_ms"] if route.timeout_ms is None else route.timeout_ms,
                        route.idle_timeout_ms,
-                       route.connect_timeout_ms, gated)
+                       route.connect_timeout_ms, limits, fault)
     reply = None
     if route.kind == "direct_response":
         reply = native.Reply(route.direct_status, _reason(route.direct_status), b"content-type: text/plain\r\n",
-                             route.direct_body, name=_name(route))
-    return _Native(None, None, b"", None, 0, 0, 0, gated, reply)   # a redirect is built per request
+                             route.direct_body, name=_name(route), limits=limits)
+    return _Native(None, None, b"", None, 0, 0, 0, limits, fault, reply)   # a redirect is built per request
 
 
 def _name(route) -> bytes:

@@ -1954,6 +1954,38 @@ out:
     return ok;
 }
 
+static int case_rate_limit(void)
+{
+    world w;
+    gv_bucket bucket;
+    int ok = 0, i;
+
+    CHECK(world_init(&w, 0, 0) == 0, "init");
+    memset(&bucket, 0, sizeof(bucket));
+    w.route.limits[0].b = &bucket;
+    w.route.limits[0].max_tokens = 2;
+    w.route.limits[0].tokens_per_fill = 2;
+    w.route.limits[0].fill_interval_ms = 3600000;
+    w.handler = h_simple;
+    w.resp = OK5;
+    for (i = 0; i < 3; i++) {
+        client_send(&w, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        WAIT(&w, count_of(cin(&w), "HTTP/1.1 ") == i + 1 && strstr(cin(&w), i < 2 ? "hello" : "limited\n"), 2000);
+    }
+    CHECK(count_of(cin(&w), "hello") == 2, "two answered: %s", cin(&w));
+    CHECK(strstr(cin(&w), "HTTP/1.1 429 Too Many Requests\r\nx-envoy-ratelimited: true\r\n"), "429: %s", cin(&w));
+    CHECK(upstream_requests(&w) == 2, "the third never went upstream");
+    CHECK(atomic_load(&bucket.limited) == 1 && atomic_load(&bucket.allowed) == 2, "bucket counters");
+    close(w.cfd);
+    w.cfd = -1;
+    WAIT(&w, w.closed, 2000);
+    CHECK(w.last.flags & H1_F_RL, "RL reported");
+    ok = 1;
+out:
+    world_free(&w);
+    return ok;
+}
+
 static const tk_timed_case cases[] = {
     { "GET keep-alive x3, pool reuse, counters", case_get_keepalive },
     { "pipelining: 3 in one write, in order", case_pipelining },
@@ -1993,6 +2025,7 @@ static const tk_timed_case cases[] = {
     { "breaker: max_requests -> 503 UO + header", case_breaker_overflow },
     { "retry: per-try timeout then the retry answers", case_per_try_timeout },
     { "request headers timeout -> 408", case_headers_timeout },
+    { "rate limit: 429 RL once the bucket is empty", case_rate_limit },
 };
 
 int main(int argc, char **argv)
