@@ -31,7 +31,7 @@ class ClusterGov:
     """One cluster in this worker, kept across table generations while its
     signature() does not change."""
 
-    __slots__ = ("cluster", "sig", "govern", "slot", "gcl", "cfg", "watch", "version", "balancer", "state",
+    __slots__ = ("cluster", "sig", "govern", "slot", "gcl", "cfg", "watch", "version", "balancer",
                  "hash_header", "hash_cookie", "hash_source", "hashed", "version_of", "eps", "policy", "opts", "panic",
                  "built")
 
@@ -60,7 +60,6 @@ class ClusterGov:
         # Maglev table costs tens of ms) nor restart the rotation each time
         self.built: dict[tuple[int, ...], object] = {}
         self.balancer = None
-        self.state = "none"
         self.refresh()
 
     def refresh(self) -> None:
@@ -68,7 +67,7 @@ class ClusterGov:
         self.version = g.version(self.slot)
         hosts = self.cluster.endpoints
         available = [g.available(ep.slot) for ep in hosts] if self.watch else [True] * len(hosts)
-        chosen, self.state = lb.select_hosts(hosts, available, self.panic)
+        chosen, _ = lb.select_hosts(hosts, available, self.panic)   # NONE: no host, 503 UH
         if not chosen:
             self.balancer = None
             return
@@ -91,7 +90,7 @@ class ClusterGov:
 
     def pick_other(self, tried: tuple[int, ...]):
         """An endpoint for a retry, avoiding the tried ones when it can (previous_hosts)."""
-        if self.watch and self.govern.version(self.slot) != self.version:
+        if self.watch and self.version_of(self.slot) != self.version:
             self.refresh()
         b = self.balancer
         if b is None:
