@@ -10,7 +10,6 @@ is compiled into the module), on the addresses the wrapper hands out.
 import ctypes
 import errno
 import gc
-import itertools
 import math
 import multiprocessing
 import os
@@ -19,11 +18,15 @@ import time
 import pytest
 
 from fastproxy._native import govern as gvmod
-from fastproxy._native.govern import MAX_RETRIABLE_CODES, UNLIMITED, ClusterCfg, GovernSegment, RetryCfg
+from fastproxy._native.govern import (
+    MAX_RETRIABLE_CODES,
+    UNLIMITED,
+    ClusterCfg,
+    GovernSegment,
+    RetryCfg,
+)
 from fastproxy._native.shm import ShmError, TableWriter
-
-PREFIX = f"fastproxy-test-{os.getpid()}-"
-_seq = itertools.count()
+from tests.support.shm_segments import fresh_name, remove_test_leftovers
 
 CLUSTER_FIELDS = ("version", "cx_active", "rq_pending", "rq_active", "rq_retry_active", "ejected",
                   "cx_overflow", "rq_pending_overflow", "rq_overflow", "rq_retry_overflow", "rq_retry",
@@ -42,24 +45,17 @@ NEVER_MS = 4_000_000_000
 
 # ---------------------------------------------------------------- harness
 
-def _ours():
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(PREFIX))
-
-
 @pytest.fixture(autouse=True)
 def no_leftovers():
     yield
-    gc.collect()
-    left = _ours()
-    for n in left:
-        os.unlink(os.path.join("/dev/shm", n))
+    left = remove_test_leftovers()
     assert left == [], f"segments left in /dev/shm: {left}"
 
 
 @pytest.fixture
 def name():
     """A fresh segment name per call: "/fastproxy-test-<pid>-<n>-govern"."""
-    return lambda: f"/{PREFIX}{next(_seq)}-govern"
+    return lambda: fresh_name("govern")
 
 
 @pytest.fixture

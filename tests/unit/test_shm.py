@@ -6,37 +6,33 @@ that leaves one in /dev/shm (and removes it).
 import ctypes
 import errno
 import gc
-import itertools
 import multiprocessing
 import os
 import time
 
 import pytest
 
-from fastproxy._native.shm import CounterSegment, CounterView, ShmError, TableReader, TableWriter
-
-PREFIX = f"fastproxy-test-{os.getpid()}-"
-_seq = itertools.count()
-
-
-def _ours():
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(PREFIX))
+from fastproxy._native.shm import (
+    CounterSegment,
+    CounterView,
+    ShmError,
+    TableReader,
+    TableWriter,
+)
+from tests.support.shm_segments import fresh_name, remove_test_leftovers
 
 
 @pytest.fixture(autouse=True)
 def no_leftovers():
     yield
-    gc.collect()
-    left = _ours()
-    for n in left:
-        os.unlink(os.path.join("/dev/shm", n))
+    left = remove_test_leftovers()
     assert left == [], f"segments left in /dev/shm: {left}"
 
 
 @pytest.fixture
 def name():
     """A fresh segment name per call: name("table") -> "/fastproxy-test-<pid>-<n>-table"."""
-    return lambda tag="seg": f"/{PREFIX}{next(_seq)}-{tag}"
+    return fresh_name
 
 
 def _mapped(seg_name):
